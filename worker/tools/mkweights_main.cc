@@ -1,0 +1,76 @@
+// zoetrope-mkweights: deterministic random Wan2.1 DiT weights for any config, with config.json beside.
+//
+//   zoetrope-mkweights --config tiny --seed 0 -o models/tiny/diffusion_pytorch_model.safetensors
+//   zoetrope-mkweights --config wan2.1-t2v-1.3b --dtype bf16 --diffusers -o /data/wan13b/transformer/model.safetensors
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "worker/cli/progress_bar.h"
+#include "worker/engine/wan_random_weights.h"
+#include "worker/engine/wan_weights.h"
+
+ABSL_FLAG(std::string, config, "tiny", "model config: tiny, wan2.1-t2v-1.3b or wan2.1-t2v-14b");
+ABSL_FLAG(uint64_t, seed, 0, "random seed; the same seed gives the same weights everywhere");
+ABSL_FLAG(std::string, o, "", "output .safetensors path (config.json is written beside it)");
+ABSL_FLAG(bool, diffusers, false, "use diffusers key names and config format instead of the original Wan ones");
+ABSL_FLAG(int64_t, num_layers, -1, "override the number of transformer blocks (e.g. a 2-block slice)");
+ABSL_FLAG(std::string, dtype, "f32", "stored dtype: f32, bf16 or f16");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Writes deterministic random Wan2.1 DiT weights: --config NAME --seed S -o FILE");
+  absl::ParseCommandLine(argc, argv);
+  const std::string output = absl::GetFlag(FLAGS_o);
+  if (output.empty()) {
+    std::fprintf(stderr, "zoetrope-mkweights: -o FILE is required\n");
+    return 2;
+  }
+  absl::StatusOr<zoetrope::WanDitConfig> config = zoetrope::WanDitConfigByName(absl::GetFlag(FLAGS_config));
+  if (!config.ok()) {
+    std::fprintf(stderr, "zoetrope-mkweights: --config: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_num_layers) >= 0) config->num_layers = absl::GetFlag(FLAGS_num_layers);
+
+  zoetrope::RandomWeightsOptions options;
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.naming = absl::GetFlag(FLAGS_diffusers) ? zoetrope::WeightNaming::kDiffusers
+                                                   : zoetrope::WeightNaming::kOriginal;
+  const std::string dtype = absl::AsciiStrToLower(absl::GetFlag(FLAGS_dtype));
+  if (dtype == "f32") {
+    options.dtype = zoetrope::DType::kF32;
+  } else if (dtype == "bf16") {
+    options.dtype = zoetrope::DType::kBF16;
+  } else if (dtype == "f16") {
+    options.dtype = zoetrope::DType::kF16;
+  } else {
+    std::fprintf(stderr, "zoetrope-mkweights: --dtype must be f32, bf16 or f16 (got \"%s\")\n", dtype.c_str());
+    return 2;
+  }
+
+  const std::filesystem::path parent = std::filesystem::path(output).parent_path();
+  if (!parent.empty()) {
+    std::error_code error;
+    std::filesystem::create_directories(parent, error);
+    if (error) {
+      std::fprintf(stderr, "zoetrope-mkweights: %s: %s\n", parent.c_str(), error.message().c_str());
+      return 1;
+    }
+  }
+  const auto tensor_count = static_cast<int64_t>(zoetrope::WanDitParameters(*config).size());
+  zoetrope::ProgressBar bar(absl::StrCat("mkweights ", config->name), tensor_count, "tensors");
+  absl::Status status = zoetrope::WriteRandomWanDitWeights(
+      *config, options, output, [&](size_t done, size_t) { bar.Update(static_cast<int64_t>(done)); });
+  if (!status.ok()) {
+    std::fprintf(stderr, "zoetrope-mkweights: %s\n", std::string(status.message()).c_str());
+    return 1;
+  }
+  bar.Finish();
+  std::printf("%s\n", output.c_str());
+  return 0;
+}
