@@ -7,12 +7,16 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config git
   # engine
-  libopenblas-dev nlohmann-json3-dev
+  libopenblas-openmp-dev nlohmann-json3-dev
+  # text encoder: the sentencepiece library (tokenizer) and spm_train (scripts/build-tokenizer.sh)
+  libsentencepiece-dev sentencepiece
+  # video output: FFmpeg libraries (Debian 12's libavcodec59 carries the libx264 encoder)
+  libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
   # service and tooling (later layers link these; installing them early keeps one script)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev libyaml-cpp-dev libsqlite3-dev
   # tests
-  libgtest-dev libgmock-dev python3 python3-torch python3-numpy
+  libgtest-dev libgmock-dev python3 python3-torch python3-numpy ffmpeg
 )
 
 missing=()

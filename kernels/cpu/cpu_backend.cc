@@ -1,4 +1,6 @@
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_video_ops.h"
+#include "kernels/cpu/cpu_text_ops.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -280,6 +282,30 @@ class CpuBackend final : public Backend {
     }
     return ToDType(out, q.dtype());
   }
+
+  // ---- video VAE: contracts in kernels/backend.h, implementations in cpu_video_ops.cc.
+  Tensor Conv3d(const Tensor& x, const Tensor& weight, const Tensor* bias, int pad_front, int pad_back, int pad_height,
+                int pad_width) override {
+    return cpu::Conv3d(x, weight, bias, pad_front, pad_back, pad_height, pad_width);
+  }
+  Tensor ChannelRmsNorm(const Tensor& x, const Tensor& gamma, Activation activation) override {
+    return cpu::ChannelRmsNorm(x, gamma, activation);
+  }
+  Tensor UpsampleNearest2x(const Tensor& x) override { return cpu::UpsampleNearest2x(x); }
+  Tensor SwapAxes(const Tensor& x, int64_t batch, int64_t rows, int64_t columns, int64_t inner) override {
+    return cpu::SwapAxes(x, batch, rows, columns, inner);
+  }
+  Tensor Clamp(const Tensor& x, float minimum, float maximum) override { return cpu::Clamp(x, minimum, maximum); }
+
+  // ---- text encoder: contracts in kernels/backend.h, implementations in cpu_text_ops.cc.
+  Tensor GatherRows(const Tensor& table, const Tensor& ids, DType out_dtype) override {
+    return cpu::GatherRows(table, ids, out_dtype);
+  }
+  Tensor AttentionWithBias(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                           float scale) override {
+    return cpu::AttentionWithBias(q, k, v, bias, scale);
+  }
+  Tensor Multiply(const Tensor& a, const Tensor& b) override { return cpu::Multiply(a, b); }
 
   Tensor Patchify(const Tensor& latent, int patch_t, int patch_h, int patch_w) override {
     ZCHECK_MSG(latent.rank() == 4, "Patchify " << latent.DebugString());

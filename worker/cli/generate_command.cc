@@ -2,117 +2,126 @@
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/match.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "parallel/sequence_attention.h"
+#include "kernels/backend_factory.h"
 #include "worker/cli/progress_bar.h"
-#include "worker/engine/denoise.h"
-#include "worker/engine/random.h"
-#include "worker/engine/safetensors.h"
-#include "worker/engine/wan_dit.h"
+#include "worker/cli/service_flags.h"
+#include "worker/engine/text_to_video.h"
+#include "worker/engine/video_writer.h"
 
-ABSL_FLAG(std::string, model, "models/tiny", "model folder (or DiT checkpoint) with config.json beside the weights");
-ABSL_FLAG(std::string, prompt, "a zoetrope spinning in warm light", "text prompt");
-ABSL_FLAG(int64_t, width, 128, "video width in pixels (multiple of 16)");
-ABSL_FLAG(int64_t, height, 128, "video height in pixels (multiple of 16)");
-ABSL_FLAG(int64_t, frames, 17, "number of frames (4n+1)");
-ABSL_FLAG(int32_t, steps, 10, "denoising steps (≥ 1)");
-ABSL_FLAG(double, guidance, 5.0, "classifier-free guidance scale (≥ 0; 1 disables the negative pass)");
+ABSL_FLAG(std::string, model, "models/tiny", "model folder: DiT, text encoder, VAE and tokenizer (original or diffusers layout)");
+ABSL_FLAG(std::string, prompt, "a paper boat drifting down a rainy street", "text prompt");
+ABSL_FLAG(int64_t, width, 832, "video width in pixels (multiple of 16)");
+ABSL_FLAG(int64_t, height, 480, "video height in pixels (multiple of 16)");
+ABSL_FLAG(int64_t, frames, 81, "number of frames (4n+1)");
+ABSL_FLAG(int32_t, steps, 50, "denoising steps (≥ 1)");
+ABSL_FLAG(double, guidance, 5.0, "classifier-free guidance scale (≥ 0; 1 skips the negative pass)");
 ABSL_FLAG(double, shift, 5.0, "flow shift of the sigma schedule (> 0)");
 ABSL_FLAG(std::string, sampler, "unipc", "sampler: unipc, dpm++ or euler");
-ABSL_FLAG(uint64_t, seed, 0, "noise seed: the same seed gives the same result");
-ABSL_FLAG(std::string, output, "latents.safetensors", "output file (safetensors with `latent`)");
-ABSL_FLAG(int32_t, threads, 0, "CPU threads (0 = all cores)");
+ABSL_FLAG(uint64_t, seed, 0, "noise seed: the same seed gives the same video");
+ABSL_FLAG(std::string, output, "out/video.mp4", "output: an .mp4 file, a folder of PNG frames, or a .safetensors file");
+ABSL_FLAG(std::string, format, "", "output format: mp4, png or raw (default: from the output name)");
+ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N");
+ABSL_FLAG(int32_t, threads, 0, "CPU threads for the cpu device (0 = all cores)");
+ABSL_FLAG(int64_t, vae_chunk_frames, 1, "latent frames per VAE decode chunk (bounds memory; 0 = all at once)");
 
 namespace zoetrope {
 namespace {
 
-absl::Status ValidateRequest(int64_t width, int64_t height, int64_t frames, int steps) {
-  if (width < 16 || width % 16 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--width must be a positive multiple of 16 (got ", width, ")"));
+absl::StatusOr<VideoFormat> OutputFormat(const std::string& output) {
+  const std::string requested = absl::GetFlag(FLAGS_format);
+  if (!requested.empty()) {
+    absl::StatusOr<VideoFormat> format = ParseVideoFormat(requested);
+    if (!format.ok()) return absl::InvalidArgumentError(absl::StrCat("--format: ", format.status().message()));
+    return format;
   }
-  if (height < 16 || height % 16 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--height must be a positive multiple of 16 (got ", height, ")"));
-  }
-  if (frames < 1 || (frames - 1) % 4 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--frames must be 4n+1, e.g. 17 or 81 (got ", frames, ")"));
-  }
-  if (steps < 1) return absl::InvalidArgumentError(absl::StrCat("--steps must be ≥ 1 (got ", steps, ")"));
-  return absl::OkStatus();
-}
-
-// Stand-in for the text encoder: a fixed-length random embedding keyed by the prompt text.
-Tensor StandInPromptEmbedding(const std::string& prompt, int64_t rows, int64_t width) {
-  Tensor embedding = Tensor::Host({rows, width}, DType::kF32);
-  FillStandardNormal(StreamKey(0, "prompt:" + prompt), 0, embedding.data<float>(), embedding.numel());
-  return embedding;
+  if (absl::EndsWith(output, ".mp4")) return VideoFormat::kMp4;
+  if (absl::EndsWith(output, ".safetensors")) return VideoFormat::kRaw;
+  return VideoFormat::kPng;
 }
 
 absl::Status Generate() {
-  const int64_t width = absl::GetFlag(FLAGS_width), height = absl::GetFlag(FLAGS_height);
-  const int64_t frames = absl::GetFlag(FLAGS_frames);
-  const int steps = absl::GetFlag(FLAGS_steps);
-  if (absl::Status valid = ValidateRequest(width, height, frames, steps); !valid.ok()) return valid;
+  GenerationParameters parameters;
+  parameters.prompt = absl::GetFlag(FLAGS_prompt);
+  parameters.negative_prompt = absl::GetFlag(FLAGS_negative_prompt);
+  parameters.width = absl::GetFlag(FLAGS_width);
+  parameters.height = absl::GetFlag(FLAGS_height);
+  parameters.frames = absl::GetFlag(FLAGS_frames);
+  parameters.steps = absl::GetFlag(FLAGS_steps);
+  parameters.guidance = absl::GetFlag(FLAGS_guidance);
+  parameters.shift = absl::GetFlag(FLAGS_shift);
+  parameters.seed = absl::GetFlag(FLAGS_seed);
+  parameters.vae_chunk_frames = absl::GetFlag(FLAGS_vae_chunk_frames);
   absl::StatusOr<SamplerKind> sampler = ParseSamplerKind(absl::GetFlag(FLAGS_sampler));
   if (!sampler.ok()) return absl::InvalidArgumentError(absl::StrCat("--sampler: ", sampler.status().message()));
-
-  std::unique_ptr<Backend> backend = CreateCpuBackend(absl::GetFlag(FLAGS_threads));
-  const auto load_start = std::chrono::steady_clock::now();
-  absl::StatusOr<std::unique_ptr<WanDit>> model = WanDit::Load(absl::GetFlag(FLAGS_model), *backend);
-  if (!model.ok()) return model.status();
-  const WanDitConfig& config = (*model)->config();
-  std::fprintf(stderr, "loaded %s (%lld blocks, dim %lld) in %.2f s on %s\n", config.name.c_str(),
-               static_cast<long long>(config.num_layers), static_cast<long long>(config.dim),
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
-               backend->name().c_str());
-
-  // Text-free: a stand-in embedding for the prompt, and the empty (all-padding) context as the negative.
-  const int64_t prompt_rows = std::min<int64_t>(config.text_len, 16);
-  absl::StatusOr<WanDit::PromptConditioning> positive =
-      (*model)->EncodePrompt(StandInPromptEmbedding(absl::GetFlag(FLAGS_prompt), prompt_rows, config.text_dim));
-  if (!positive.ok()) return positive.status();
-  absl::StatusOr<WanDit::PromptConditioning> negative =
-      (*model)->EncodePrompt(Tensor::Host({0, config.text_dim}, DType::kF32));
-  if (!negative.ok()) return negative.status();
-
-  DenoiseOptions options;
-  options.latent_shape = LatentShapeFor(width, height, frames, config.in_dim);
-  options.steps = steps;
-  options.shift = absl::GetFlag(FLAGS_shift);
-  options.guidance = absl::GetFlag(FLAGS_guidance);
-  options.sampler = *sampler;
-  options.seed = absl::GetFlag(FLAGS_seed);
-
-  LocalDenseAttention attention;
-  ProgressBar bar("denoise", steps, "steps");
-  const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<Tensor> latent = Denoise(**model, attention, *positive, &*negative, options,
-                                          [&](const DenoiseProgress& progress) {
-                                            bar.Update(progress.step, absl::StrFormat("t=%d  %.3f s/step",
-                                                                                      progress.timestep,
-                                                                                      progress.step_seconds));
-                                          });
-  if (!latent.ok()) return latent.status();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  bar.Finish(absl::StrFormat("%.3f s/step", seconds / steps));
-
-  const std::string output = absl::GetFlag(FLAGS_output);
-  if (absl::Status written = WriteSafetensors(output, {{"latent", backend->ToHost(*latent)}},
-                                              {{"prompt", absl::GetFlag(FLAGS_prompt)},
-                                               {"seed", absl::StrCat(options.seed)},
-                                               {"steps", absl::StrCat(steps)},
-                                               {"sampler", std::string(SamplerKindName(*sampler))}});
-      !written.ok()) {
-    return written;
+  parameters.sampler = *sampler;
+  if (absl::Status valid = ValidateGenerationParameters(parameters); !valid.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", valid.message()));
   }
+  const std::string output = absl::GetFlag(FLAGS_output);
+  absl::StatusOr<VideoFormat> format = OutputFormat(output);
+  if (!format.ok()) return format.status();
+
+  std::string device = absl::GetFlag(FLAGS_device);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(device);
+  if (!backend.ok()) return absl::InvalidArgumentError(absl::StrCat("--device: ", backend.status().message()));
+  if ((*backend)->device().is_cpu() && absl::GetFlag(FLAGS_threads) > 0) {
+    *backend = CreateCpuBackend(absl::GetFlag(FLAGS_threads));
+  }
+
+  const auto load_start = std::chrono::steady_clock::now();
+  absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> pipeline =
+      TextToVideoPipeline::Load(absl::GetFlag(FLAGS_model), **backend);
+  if (!pipeline.ok()) return pipeline.status();
+  const WanDitConfig& config = (*pipeline)->transformer().config();
+  std::fprintf(stderr, "loaded %s (%s layout; DiT %s: %lld blocks, dim %lld) in %.2f s on %s\n",
+               absl::GetFlag(FLAGS_model).c_str(), (*pipeline)->files().diffusers_layout ? "diffusers" : "original",
+               config.name.c_str(), static_cast<long long>(config.num_layers), static_cast<long long>(config.dim),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
+               (*backend)->name().c_str());
+
+  std::unique_ptr<ProgressBar> bar;
+  absl::StatusOr<GenerationResult> result = (*pipeline)->Generate(parameters, [&](const GenerationProgress& progress) {
+    switch (progress.phase) {
+      case GenerationPhase::kEncodingText:
+        std::fprintf(stderr, "encoding prompt\n");
+        break;
+      case GenerationPhase::kDenoising:
+        if (!bar) bar = std::make_unique<ProgressBar>("denoise", parameters.steps, "steps");
+        if (progress.denoise.step > 0) {
+          bar->Update(progress.denoise.step,
+                      absl::StrFormat("t=%d  %.3f s/step", progress.denoise.timestep, progress.denoise.step_seconds));
+        }
+        break;
+      case GenerationPhase::kDecoding:
+        if (bar) bar->Finish();
+        std::fprintf(stderr, "decoding %lld frames\n", static_cast<long long>(parameters.frames));
+        break;
+    }
+  });
+  if (!result.ok()) return result.status();
+
+  VideoOutputOptions video;
+  video.format = *format;
+  video.path = output;
+  video.frames_per_second = absl::GetFlag(FLAGS_fps);
+  video.comment = absl::StrCat("prompt: ", parameters.prompt, "; seed: ", parameters.seed, "; steps: ", parameters.steps,
+                               "; sampler: ", std::string(SamplerKindName(parameters.sampler)));
+  const auto write_start = std::chrono::steady_clock::now();
+  if (absl::Status written = WriteVideo(result->frames, video); !written.ok()) return written;
+  const double write_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - write_start).count();
+  std::fprintf(stderr, "text %.2f s, denoise %.2f s (%.3f s/step), decode %.2f s, write %.2f s\n",
+               result->text_seconds, result->denoise_seconds, result->denoise_seconds / parameters.steps,
+               result->decode_seconds, write_seconds);
   std::printf("%s\n", output.c_str());
-  std::fprintf(stderr, "denoised latent %s in %.2f s (%d steps, guidance %.2f) -> %s\n",
-               ShapeToString(options.latent_shape).c_str(), seconds, steps, options.guidance, output.c_str());
   return absl::OkStatus();
 }
 

@@ -1,6 +1,5 @@
-// `zoetrope generate`: a local generation on this machine (no service). Until the text encoder and
-// VAE land, it runs text-free: the prompt selects a deterministic stand-in embedding and the result is
-// the denoised latent, written as safetensors.
+// `zoetrope generate`: one text-to-video generation on this machine (no service): prompt → umT5 →
+// DiT sampling with CFG → VAE → MP4 (or PNG frames, or raw tensors), with a progress bar.
 #pragma once
 
 namespace zoetrope {

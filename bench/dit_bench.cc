@@ -1,0 +1,151 @@
+// zoetrope-dit-bench: times one Wan2.1 DiT forward pass (worker/engine/wan_dit.h) on a backend.
+//
+//   zoetrope-dit-bench --config wan2.1-t2v-1.3b --device cuda --latent 16,21,60,104 --workdir /tmp/w
+// Writes deterministic random weights (bf16) into --workdir unless --weights names a checkpoint, encodes
+// a random prompt once, then runs --warmup + --iterations forwards (each at a new timestep, as the
+// denoising loop does) and prints one JSON object: median seconds per forward, the analytic FLOPs of
+// spec/wan21.md §7, TFLOP/s, and on CUDA the allocator's cudaMalloc count during the timed forwards.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "bench/profiling_backend.h"
+#include "kernels/backend_factory.h"
+#include "parallel/sequence_attention.h"
+#include "worker/engine/wan_dit.h"
+#include "worker/engine/wan_random_weights.h"
+#ifdef ZOETROPE_HAS_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
+
+ABSL_FLAG(std::string, config, "wan2.1-t2v-1.3b", "model config preset (random weights)");
+ABSL_FLAG(std::string, weights, "", "checkpoint to load instead of random weights");
+ABSL_FLAG(std::string, workdir, "/tmp/zoetrope-dit-bench", "where random weights are written");
+ABSL_FLAG(std::string, device, "cuda", "backend: cpu, cuda, cuda:N");
+ABSL_FLAG(std::string, latent, "16,21,60,104", "latent shape C,F,H,W (480p/81 frames by default)");
+ABSL_FLAG(int, text_tokens, 128, "prompt tokens before padding to text_len");
+ABSL_FLAG(int, warmup, 1, "untimed forwards");
+ABSL_FLAG(int, iterations, 3, "timed forwards");
+ABSL_FLAG(bool, profile, false, "after timing, one more forward with per-operator times (to stderr)");
+
+namespace {
+
+using namespace zoetrope;
+
+// spec/wan21.md §7: matmul FLOPs of one forward (2 per multiply-add).
+double ForwardFlops(const WanDitConfig& config, double tokens) {
+  const double d = static_cast<double>(config.dim), f = static_cast<double>(config.ffn_dim);
+  const double text = static_cast<double>(config.text_len);
+  const double per_block = 8 * tokens * d * d + 4 * tokens * tokens * d + 4 * tokens * d * d + 4 * text * d * d +
+                           4 * tokens * text * d + 4 * tokens * d * f;
+  const double embeddings = 2 * tokens * 64 * d + 2 * text * config.text_dim * d + 2 * text * d * d +
+                            2 * tokens * d * 64;
+  return per_block * static_cast<double>(config.num_layers) + embeddings;
+}
+
+absl::Status Run() {
+  std::vector<int64_t> latent_shape;
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_latent), ',')) {
+    int64_t value = 0;
+    if (!absl::SimpleAtoi(part, &value)) return absl::InvalidArgumentError("--latent must be C,F,H,W");
+    latent_shape.push_back(value);
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(absl::GetFlag(FLAGS_device));
+  if (!backend.ok()) return backend.status();
+
+  std::string weights = absl::GetFlag(FLAGS_weights);
+  if (weights.empty()) {
+    absl::StatusOr<WanDitConfig> config = WanDitConfigByName(absl::GetFlag(FLAGS_config));
+    if (!config.ok()) return config.status();
+    std::filesystem::create_directories(absl::GetFlag(FLAGS_workdir));
+    weights = absl::GetFlag(FLAGS_workdir) + "/" + config->name + ".safetensors";
+    RandomWeightsOptions options;
+    options.dtype = DType::kBF16;
+    const auto start = std::chrono::steady_clock::now();
+    if (absl::Status status = WriteRandomWanDitWeights(*config, options, weights); !status.ok()) return status;
+    std::fprintf(stderr, "random weights written in %.1f s\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  ProfilingBackend profiler(**backend);
+  profiler.set_enabled(false);
+  auto model = WanDit::Load(weights, profiler);
+  if (!model.ok()) return model.status();
+  const WanDitConfig& config = (*model)->config();
+  if (absl::Status valid = (*model)->ValidateLatentShape(latent_shape); !valid.ok()) return valid;
+
+  std::mt19937 generator(1);
+  std::normal_distribution<float> normal;
+  Tensor latent = Tensor::Host(latent_shape, DType::kF32);
+  for (int64_t i = 0; i < latent.numel(); ++i) latent.data<float>()[i] = normal(generator);
+  Tensor context = Tensor::Host({absl::GetFlag(FLAGS_text_tokens), config.text_dim}, DType::kF32);
+  for (int64_t i = 0; i < context.numel(); ++i) context.data<float>()[i] = normal(generator);
+  auto prompt = (*model)->EncodePrompt(context);
+  if (!prompt.ok()) return prompt.status();
+  const Tensor device_latent = (*backend)->Upload(latent, DType::kF32);
+  LocalDenseAttention attention;
+
+  double timestep = 999.0;
+  for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) {
+    (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention);
+    timestep -= 20.0;
+  }
+  (*backend)->Synchronize();
+#ifdef ZOETROPE_HAS_CUDA
+  const bool on_cuda = !(*backend)->device().is_cpu();
+  const CudaMemoryStats before = on_cuda ? CudaBackendMemoryStats(**backend) : CudaMemoryStats{};
+#endif
+  std::vector<double> seconds;
+  for (int i = 0; i < std::max(1, absl::GetFlag(FLAGS_iterations)); ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    const Tensor velocity = (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention);
+    (*backend)->Synchronize();
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    timestep -= 20.0;
+  }
+  std::sort(seconds.begin(), seconds.end());
+  long long allocations = -1;
+  double peak_gib = -1.0;
+#ifdef ZOETROPE_HAS_CUDA
+  if (on_cuda) {
+    const CudaMemoryStats after = CudaBackendMemoryStats(**backend);
+    allocations = after.device_allocations - before.device_allocations;
+    peak_gib = static_cast<double>(after.peak_bytes_in_use) / (1 << 30);
+  }
+#endif
+  if (absl::GetFlag(FLAGS_profile)) {
+    profiler.set_enabled(true);
+    (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention);
+    profiler.Report(stderr);
+  }
+  const double median = seconds[seconds.size() / 2];
+  const double tokens = static_cast<double>((*model)->GridOf(latent_shape).tokens());
+  const double flops = ForwardFlops(config, tokens);
+  std::printf(
+      "{\"benchmark\": \"dit_forward\", \"config\": \"%s\", \"device\": \"%s\", \"tokens\": %.0f, \"layers\": %lld, "
+      "\"median_s\": %.4f, \"min_s\": %.4f, \"tflop\": %.1f, \"tflops\": %.1f, \"timed_forward_cuda_mallocs\": %lld, "
+      "\"peak_gib\": %.2f}\n",
+      config.name.c_str(), (*backend)->name().c_str(), tokens, static_cast<long long>(config.num_layers), median,
+      seconds.front(), flops / 1e12, flops / median / 1e12, allocations, peak_gib);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Times one Wan2.1 DiT forward: --config NAME --device cuda --latent C,F,H,W");
+  absl::ParseCommandLine(argc, argv);
+  if (absl::Status status = Run(); !status.ok()) {
+    std::fprintf(stderr, "zoetrope-dit-bench: %s\n", std::string(status.message()).c_str());
+    return 1;
+  }
+  return 0;
+}

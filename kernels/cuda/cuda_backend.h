@@ -1,0 +1,34 @@
+// The CUDA backend: the operator interface of kernels/backend.h on one NVIDIA GPU (built for Hopper,
+// sm_90a).
+//
+// Precision (spec/wan21.md §2.5): compute_dtype() is BF16, so the large matmul weights and the
+// activations between them are bf16; every product accumulates in fp32. F32 tensors stay F32 end to end
+// (the residual stream, norm statistics, modulation, time MLPs, head): a Linear with F32 weights runs a
+// true fp32 GEMM (TF32 off). Matrix products go through cuBLASLt with the bias and GELU fused into the
+// epilogue; attention through the project's own kernel (kernels/cuda/attention_kernel.cuh).
+//
+// Execution: one CUDA stream per backend; every call is enqueued on it and returns without waiting,
+// except ToHost and Synchronize. Memory comes from a caching allocator (kernels/cuda/cuda_allocator.h),
+// so a repeated forward pass allocates no device memory.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_allocator.h"
+
+namespace zoetrope {
+
+// Number of usable CUDA devices; 0 when there is no driver or no device (never fails).
+int CudaDeviceCount();
+
+// A backend on device `device_index`. Errors: NOT_FOUND when the device does not exist,
+// FAILED_PRECONDITION when it is not a Hopper-class GPU this build has code for, INTERNAL when CUDA or
+// cuBLASLt cannot be initialised.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_index);
+
+// Allocator statistics of a backend made by CreateCudaBackend (ZCHECK otherwise).
+CudaMemoryStats CudaBackendMemoryStats(Backend& backend);
+
+}  // namespace zoetrope

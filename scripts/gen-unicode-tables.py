@@ -1,0 +1,226 @@
+#!/usr/bin/python3
+"""Generates worker/engine/unicode_tables.inc: the Unicode and HTML data of the prompt cleaner.
+
+The prompt cleaner (worker/engine/prompt_clean.cc) reproduces in C++ what Wan's tokenizer wrapper does
+in Python: ftfy.fix_text, then html.unescape twice, then whitespace cleaning (spec/wan21.md sec. 6.4).
+Those steps depend on data that Python carries: the Unicode database (NFC, NFKC width forms,
+str.isspace) and the HTML5 entity table of the `html` module. This script dumps exactly that data from
+the interpreter that runs it, so the C++ tables match the Python the reference runs on:
+
+  * canonical decompositions with a flag saying whether the pair recomposes under NFC, and the
+    canonical combining classes (for NFC),
+  * ftfy's width map: U+3000 and every U+FF01..U+FFEF whose NFKC form differs,
+  * html.entities.html5 (all 2231 names, with and without the trailing ';'),
+  * ftfy's all-caps entity extras (&EACUTE; -> É), built by ftfy's own rule,
+  * html's numeric-reference tables (_invalid_charrefs, _invalid_codepoints),
+  * the code points for which str.isspace() is true (Python's `\\s` and strip()),
+  * the decimal digits (category Nd, Python's `\\d`),
+  * Windows-1252 for bytes 0x80..0x9F as ftfy's "sloppy-windows-1252" decodes them.
+
+Usage: /usr/bin/python3 scripts/gen-unicode-tables.py [OUTPUT]   (default: worker/engine/unicode_tables.inc)
+Deterministic: the same interpreter gives the same file byte for byte.
+"""
+
+from __future__ import annotations
+
+import html
+import html.entities
+import os
+import sys
+import unicodedata
+
+MAX_CODE_POINT = 0x10FFFF
+
+
+def c_string(text: str) -> str:
+    """A C string literal of the UTF-8 bytes; anything but printable ASCII as a 3-digit octal escape
+    (octal escapes stop after 3 digits, so a following digit is never swallowed)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        if 0x20 <= byte < 0x7F and char not in '"\\':
+            out.append(char)
+        else:
+            out.append("\\%03o" % byte)
+    return '"' + "".join(out) + '"'
+
+
+def ranges(code_points):
+    """Sorted code points -> list of inclusive (first, last) runs."""
+    result = []
+    for code in sorted(code_points):
+        if result and result[-1][1] == code - 1:
+            result[-1][1] = code
+        else:
+            result.append([code, code])
+    return result
+
+
+def canonical_decompositions():
+    rows = []
+    for code in range(MAX_CODE_POINT + 1):
+        mapping = unicodedata.decomposition(chr(code))
+        if not mapping or mapping.startswith("<"):
+            continue  # no decomposition, or a compatibility one (not part of NFC)
+        parts = [int(part, 16) for part in mapping.split()]
+        assert 1 <= len(parts) <= 2, (hex(code), mapping)
+        first = parts[0]
+        second = parts[1] if len(parts) == 2 else 0
+        # A pair recomposes under NFC unless the composite is excluded; an excluded composite never
+        # survives NFC, so "NFC keeps it" is exactly "it is a primary composite".
+        composes = len(parts) == 2 and unicodedata.normalize("NFC", chr(code)) == chr(code)
+        rows.append((code, first, second, composes))
+    # prompt_clean.cc returns text below U+0300 unchanged from NFC and skips decomposition lookups
+    # below U+00C0; both shortcuts rely on these facts.
+    assert min(row[0] for row in rows) >= 0xC0
+    assert min(row[2] for row in rows if row[3]) >= 0x300
+    assert all(unicodedata.combining(chr(code)) == 0 for code in range(0x300))
+    return rows
+
+
+def combining_class_ranges():
+    result = []
+    for code in range(MAX_CODE_POINT + 1):
+        value = unicodedata.combining(chr(code))
+        if value == 0:
+            continue
+        if result and result[-1][1] == code - 1 and result[-1][2] == value:
+            result[-1][1] = code
+        else:
+            result.append([code, code, value])
+    return result
+
+
+def width_map():
+    # ftfy.chardata._build_width_map
+    mapping = {0x3000: " "}
+    for code in range(0xFF01, 0xFFF0):
+        alternate = unicodedata.normalize("NFKC", chr(code))
+        if alternate != chr(code):
+            mapping[code] = alternate
+    return sorted(mapping.items())
+
+
+def ftfy_uppercase_entities():
+    # ftfy.chardata._build_html_entities: the extras beyond html5's ';'-terminated names.
+    extras = {}
+    for name, char in html.entities.html5.items():
+        if name.endswith(";") and name == name.lower():
+            upper = "&" + name.upper()
+            if html.unescape(upper) == upper:
+                extras[name.upper()] = char.upper()
+    return sorted(extras.items())
+
+
+def main() -> int:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    output = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "worker", "engine", "unicode_tables.inc")
+    python_version = "%d.%d.%d" % sys.version_info[:3]
+    lines = []
+    emit = lines.append
+    emit("// Generated by scripts/gen-unicode-tables.py with Python %s (Unicode %s). Do not edit."
+         % (python_version, unicodedata.unidata_version))
+    emit("// Included once, by worker/engine/prompt_clean.cc, inside its anonymous namespace.")
+    emit("// clang-format off")
+    emit("")
+    emit('constexpr char kUnicodeVersion[] = "%s";' % unicodedata.unidata_version)
+    emit("")
+
+    emit("// Canonical decompositions (one level; second == 0 for singletons), sorted by code point.")
+    emit("// `composes`: the pair recomposes to `code` under NFC (not a composition exclusion).")
+    emit("struct Decomposition { uint32_t code; uint32_t first; uint32_t second; bool composes; };")
+    emit("constexpr Decomposition kDecompositions[] = {")
+    for code, first, second, composes in canonical_decompositions():
+        emit("  {0x%04X, 0x%04X, 0x%04X, %s}," % (code, first, second, "true" if composes else "false"))
+    emit("};")
+    emit("")
+
+    emit("// Canonical combining classes other than 0, as inclusive runs of equal class.")
+    emit("struct CombiningClassRange { uint32_t first; uint32_t last; uint8_t combining_class; };")
+    emit("constexpr CombiningClassRange kCombiningClasses[] = {")
+    for first, last, value in combining_class_ranges():
+        emit("  {0x%04X, 0x%04X, %d}," % (first, last, value))
+    emit("};")
+    emit("")
+
+    emit("// ftfy's fix_character_width: U+3000 -> space and the halfwidth/fullwidth forms -> NFKC.")
+    emit("// Replacements are UTF-8 (U+FFE3 becomes two code points: space, combining macron).")
+    emit("struct WidthMapping { uint32_t code; const char* replacement; };")
+    emit("constexpr WidthMapping kWidthMap[] = {")
+    for code, replacement in width_map():
+        emit("  {0x%04X, %s}," % (code, c_string(replacement)))
+    emit("};")
+    emit("")
+
+    emit("// html.entities.html5: entity name (without '&', with ';' where the name has one) -> UTF-8,")
+    emit("// sorted by name.")
+    emit("struct NamedEntity { const char* name; const char* value; };")
+    emit("constexpr NamedEntity kHtml5Entities[] = {")
+    for name in sorted(html.entities.html5):
+        emit("  {%s, %s}," % (c_string(name), c_string(html.entities.html5[name])))
+    emit("};")
+    emit("")
+
+    emit("// ftfy's all-caps extras (name with ';', without '&'), sorted by name.")
+    emit("constexpr NamedEntity kFtfyUppercaseEntities[] = {")
+    for name, value in ftfy_uppercase_entities():
+        emit("  {%s, %s}," % (c_string(name), c_string(value)))
+    emit("};")
+    emit("")
+
+    emit("// html._invalid_charrefs: numeric references replaced by a fixed text.")
+    emit("struct CharrefReplacement { uint32_t number; uint32_t replacement; };")
+    emit("constexpr CharrefReplacement kInvalidCharrefs[] = {")
+    for number in sorted(html._invalid_charrefs):
+        value = html._invalid_charrefs[number]
+        assert len(value) == 1
+        emit("  {0x%02X, 0x%04X}," % (number, ord(value)))
+    emit("};")
+    emit("")
+
+    emit("struct CodePointRange { uint32_t first; uint32_t last; };")
+    emit("// html._invalid_codepoints: numeric references that unescape to nothing.")
+    emit("constexpr CodePointRange kInvalidCodepoints[] = {")
+    for first, last in ranges(html._invalid_codepoints):
+        emit("  {0x%04X, 0x%04X}," % (first, last))
+    emit("};")
+    emit("")
+
+    emit("// str.isspace(): what Python's `\\s` (str patterns) and str.strip() treat as whitespace.")
+    emit("constexpr CodePointRange kWhitespace[] = {")
+    for first, last in ranges(code for code in range(MAX_CODE_POINT + 1) if chr(code).isspace()):
+        emit("  {0x%04X, 0x%04X}," % (first, last))
+    emit("};")
+    emit("")
+
+    emit("// Unicode category Nd: what Python's `\\d` matches in str patterns (ftfy's ANSI escape regex).")
+    emit("constexpr CodePointRange kDecimalDigits[] = {")
+    for first, last in ranges(
+            code for code in range(MAX_CODE_POINT + 1) if unicodedata.category(chr(code)) == "Nd"):
+        emit("  {0x%04X, 0x%04X}," % (first, last))
+    emit("};")
+    emit("")
+
+    emit("// ftfy's sloppy-windows-1252 for the C1 range: code point of byte 0x80 + i.")
+    emit("constexpr uint32_t kSloppyWindows1252C1[32] = {")
+    decoded = []
+    for byte in range(0x80, 0xA0):
+        try:
+            decoded.append(ord(bytes([byte]).decode("windows-1252")))
+        except UnicodeDecodeError:
+            decoded.append(byte)  # "sloppy": undefined bytes decode as Latin-1
+    for start in range(0, 32, 8):
+        emit("  " + " ".join("0x%04X," % value for value in decoded[start:start + 8]))
+    emit("};")
+    emit("// clang-format on")
+
+    text = "\n".join(lines) + "\n"
+    with open(output + ".tmp", "w", encoding="ascii") as handle:
+        handle.write(text)
+    os.replace(output + ".tmp", output)
+    print("%s: %d bytes (Unicode %s)" % (output, len(text), unicodedata.unidata_version))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

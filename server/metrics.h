@@ -1,0 +1,45 @@
+// Prometheus plumbing shared by the scheduler and the worker: the /metrics HTTP endpoint
+// (prometheus-cpp's civetweb exposer) and the duration buckets every latency histogram uses.
+//
+// Naming (design.md): prefix zoetrope_, base units (seconds, bytes, joules), _total on counters,
+// low-cardinality labels only (model, state, priority, method, code, reason), never job ids.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "prometheus/collectable.h"
+#include "prometheus/histogram.h"
+
+namespace prometheus {
+class Exposer;
+}
+
+namespace zoetrope::server {
+
+// 1 ms to 1 hour, roughly ×2.5 per bucket: step times on a fast GPU and whole 14B jobs both resolve.
+const prometheus::Histogram::BucketBoundaries& DurationBuckets();
+// 1 J to 10 MJ (a 14B job on 8 GPUs is a few hundred kJ).
+const prometheus::Histogram::BucketBoundaries& EnergyBuckets();
+// $0.0001 to $100 per video.
+const prometheus::Histogram::BucketBoundaries& CostBuckets();
+
+class MetricsEndpoint {
+ public:
+  // Serves GET /metrics on `address` ("127.0.0.1:9464"; port 0 picks a free port).
+  static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Start(const std::string& address);
+  ~MetricsEndpoint();
+
+  void Register(const std::weak_ptr<prometheus::Collectable>& collectable);
+  // The bound port (useful with port 0).
+  int port() const { return port_; }
+
+ private:
+  MetricsEndpoint() = default;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_ = 0;
+};
+
+}  // namespace zoetrope::server

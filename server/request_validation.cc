@@ -1,0 +1,233 @@
+#include "server/request_validation.h"
+
+#include <cmath>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/unknown_field_set.h"
+
+namespace zoetrope::server {
+namespace {
+
+namespace v1 = zoetrope::v1;
+
+absl::Status Invalid(absl::string_view field, absl::string_view rule) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
+}
+
+// Number of code points of valid UTF-8.
+int64_t CodePoints(absl::string_view text) {
+  int64_t count = 0;
+  for (unsigned char byte : text) count += (byte & 0xC0) != 0x80;
+  return count;
+}
+
+absl::Status CheckText(absl::string_view field, const std::string& text, bool required) {
+  size_t offset = 0;
+  if (!IsValidUtf8(text, &offset)) {
+    return Invalid(field, absl::StrCat("must be valid UTF-8 (invalid byte at offset ", offset, ")"));
+  }
+  const int64_t characters = CodePoints(text);
+  if (characters > kMaxPromptCharacters) {
+    return Invalid(field, absl::StrCat("must be at most ", kMaxPromptCharacters, " characters (got ", characters, ")"));
+  }
+  if (required && absl::StripAsciiWhitespace(text).empty()) {
+    return Invalid(field, "is required and must not be only whitespace");
+  }
+  for (unsigned char byte : text) {
+    if (byte == 0) return Invalid(field, "must not contain NUL characters");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPixels(absl::string_view field, int32_t value) {
+  if (value < kMinPixels || value > kMaxPixels || value % 16 != 0) {
+    return Invalid(field, absl::StrCat("must be a multiple of 16 in [", kMinPixels, ", ", kMaxPixels, "] (got ",
+                                       value, ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool IsValidUtf8(absl::string_view text, size_t* error_offset) {
+  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t size = text.size();
+  size_t i = 0;
+  while (i < size) {
+    const unsigned char lead = bytes[i];
+    int length = 0;
+    uint32_t code_point = 0;
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    } else if (lead >= 0xC2 && lead <= 0xDF) {
+      length = 2;
+      code_point = lead & 0x1F;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+      length = 3;
+      code_point = lead & 0x0F;
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+      length = 4;
+      code_point = lead & 0x07;
+    } else {
+      if (error_offset != nullptr) *error_offset = i;
+      return false;
+    }
+    if (i + length > size) {
+      if (error_offset != nullptr) *error_offset = i;
+      return false;
+    }
+    for (int k = 1; k < length; ++k) {
+      if ((bytes[i + k] & 0xC0) != 0x80) {
+        if (error_offset != nullptr) *error_offset = i;
+        return false;
+      }
+      code_point = (code_point << 6) | (bytes[i + k] & 0x3F);
+    }
+    const bool overlong = (length == 3 && code_point < 0x800) || (length == 4 && code_point < 0x10000);
+    const bool surrogate = code_point >= 0xD800 && code_point <= 0xDFFF;
+    if (overlong || surrogate || code_point > 0x10FFFF) {
+      if (error_offset != nullptr) *error_offset = i;
+      return false;
+    }
+    i += length;
+  }
+  return true;
+}
+
+absl::StatusOr<v1::SubmitJobRequest> ParseSubmitJobRequest(const std::string& bytes) {
+  v1::SubmitJobRequest request;
+  if (request.ParseFromString(bytes)) return request;
+  // Find out why: protobuf rejects text fields that are not UTF-8 without saying which one.
+  google::protobuf::UnknownFieldSet fields;
+  if (fields.ParseFromString(bytes)) {
+    const google::protobuf::Descriptor* descriptor = v1::SubmitJobRequest::descriptor();
+    for (int i = 0; i < fields.field_count(); ++i) {
+      const google::protobuf::UnknownField& field = fields.field(i);
+      if (field.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) continue;
+      const google::protobuf::FieldDescriptor* known = descriptor->FindFieldByNumber(field.number());
+      if (known == nullptr || known->type() != google::protobuf::FieldDescriptor::TYPE_STRING) continue;
+      size_t offset = 0;
+      if (!IsValidUtf8(field.length_delimited(), &offset)) {
+        return Invalid(known->name(), absl::StrCat("must be valid UTF-8 (invalid byte at offset ", offset, ")"));
+      }
+    }
+  }
+  return absl::InvalidArgumentError("request: not a valid zoetrope.v1.SubmitJobRequest message");
+}
+
+int64_t LatentTokens(int64_t width, int64_t height, int64_t frames) {
+  return ((frames - 1) / 4 + 1) * (height / 16) * (width / 16);
+}
+
+absl::StatusOr<v1::SubmitJobRequest> ValidateAndResolve(const v1::SubmitJobRequest& request,
+                                                        const ValidationContext& context) {
+  v1::SubmitJobRequest resolved = request;
+
+  // model
+  if (request.model().size() > static_cast<size_t>(kMaxModelNameLength)) {
+    return Invalid("model", absl::StrCat("must be at most ", kMaxModelNameLength, " characters"));
+  }
+  if (!IsValidUtf8(request.model())) return Invalid("model", "must be valid UTF-8");
+  if (request.model().empty()) {
+    if (context.default_model.empty()) {
+      return Invalid("model", absl::StrCat("is required: this server has no default model (known: ",
+                                           context.known_models ? context.known_models() : "", ")"));
+    }
+    resolved.set_model(context.default_model);
+  } else if (context.is_known_model && !context.is_known_model(request.model())) {
+    return Invalid("model", absl::StrCat("unknown model \"", request.model(), "\" (known: ",
+                                         context.known_models ? context.known_models() : "", ")"));
+  }
+
+  // prompt, negative_prompt
+  if (absl::Status status = CheckText("prompt", request.prompt(), /*required=*/true); !status.ok()) return status;
+  if (absl::Status status = CheckText("negative_prompt", request.negative_prompt(), /*required=*/false);
+      !status.ok()) {
+    return status;
+  }
+
+  // width, height, frames, fps, steps: 0 takes the default; anything else must satisfy the rule.
+  if (request.width() == 0) resolved.set_width(kDefaultWidth);
+  if (absl::Status status = CheckPixels("width", resolved.width()); !status.ok()) return status;
+  if (request.height() == 0) resolved.set_height(kDefaultHeight);
+  if (absl::Status status = CheckPixels("height", resolved.height()); !status.ok()) return status;
+  if (request.frames() == 0) resolved.set_frames(kDefaultFrames);
+  if (resolved.frames() < 1 || resolved.frames() > kMaxFrames || (resolved.frames() - 1) % 4 != 0) {
+    return Invalid("frames", absl::StrCat("must be 4n+1 in [1, ", kMaxFrames, "], e.g. 17 or 81 (got ",
+                                          resolved.frames(), ")"));
+  }
+  if (request.fps() == 0) resolved.set_fps(kDefaultFps);
+  if (resolved.fps() < 1 || resolved.fps() > kMaxFps) {
+    return Invalid("fps", absl::StrCat("must be in [1, ", kMaxFps, "] (got ", resolved.fps(), ")"));
+  }
+  if (request.steps() == 0) resolved.set_steps(kDefaultSteps);
+  if (resolved.steps() < 1 || resolved.steps() > kMaxSteps) {
+    return Invalid("steps", absl::StrCat("must be in [1, ", kMaxSteps, "] (got ", resolved.steps(), ")"));
+  }
+  const int64_t tokens = LatentTokens(resolved.width(), resolved.height(), resolved.frames());
+  if (context.max_tokens > 0 && tokens > context.max_tokens) {
+    return Invalid("width, height, frames",
+                   absl::StrCat("together give ", tokens, " latent tokens ((frames−1)/4+1 · height/16 · "
+                                "width/16); this server accepts at most ",
+                                context.max_tokens));
+  }
+
+  // guidance, shift
+  if (request.guidance() == 0.0) resolved.set_guidance(kDefaultGuidance);
+  if (!std::isfinite(resolved.guidance()) || resolved.guidance() <= 0.0 || resolved.guidance() > kMaxGuidance) {
+    return Invalid("guidance", absl::StrFormat("must be finite and in (0, %g] (got %g)", kMaxGuidance,
+                                               resolved.guidance()));
+  }
+  if (request.shift() == 0.0) resolved.set_shift(kDefaultShift);
+  if (!std::isfinite(resolved.shift()) || resolved.shift() <= 0.0 || resolved.shift() > kMaxShift) {
+    return Invalid("shift", absl::StrFormat("must be finite and in (0, %g] (got %g)", kMaxShift, resolved.shift()));
+  }
+
+  // sampler, priority, output_format: known enum values.
+  if (!v1::Sampler_IsValid(request.sampler())) {
+    return Invalid("sampler", absl::StrCat("unknown value ", request.sampler(),
+                                           " (SAMPLER_UNIPC, SAMPLER_DPMPP_2M or SAMPLER_EULER)"));
+  }
+  if (request.sampler() == v1::SAMPLER_UNSPECIFIED) resolved.set_sampler(v1::SAMPLER_UNIPC);
+  if (!v1::Priority_IsValid(request.priority())) {
+    return Invalid("priority", absl::StrCat("unknown value ", request.priority(),
+                                            " (PRIORITY_LOW, PRIORITY_NORMAL or PRIORITY_HIGH)"));
+  }
+  if (request.priority() == v1::PRIORITY_UNSPECIFIED) resolved.set_priority(v1::PRIORITY_NORMAL);
+  if (!v1::OutputFormat_IsValid(request.output_format())) {
+    return Invalid("output_format", absl::StrCat("unknown value ", request.output_format(),
+                                                 " (OUTPUT_FORMAT_MP4 or OUTPUT_FORMAT_RAW_SAFETENSORS)"));
+  }
+
+  // deadline
+  if (request.has_deadline()) {
+    const int64_t seconds = request.deadline().seconds();
+    const int32_t nanos = request.deadline().nanos();
+    if (nanos < 0 || nanos > 999'999'999) {
+      return Invalid("deadline", absl::StrCat("nanos must be in [0, 999999999] (got ", nanos, ")"));
+    }
+    if (seconds < 0 || (seconds == 0 && nanos == 0) || seconds > kMaxDeadlineSeconds ||
+        (seconds == kMaxDeadlineSeconds && nanos > 0)) {
+      return Invalid("deadline", absl::StrCat("must be in (0, 7 days] (got ", seconds, " s ", nanos, " ns)"));
+    }
+  }
+
+  // client_request_id
+  const std::string& key = request.client_request_id();
+  if (key.size() > static_cast<size_t>(kMaxClientRequestIdLength)) {
+    return Invalid("client_request_id",
+                   absl::StrCat("must be at most ", kMaxClientRequestIdLength, " characters (got ", key.size(), ")"));
+  }
+  for (unsigned char byte : key) {
+    if (byte < 0x21 || byte > 0x7E) {
+      return Invalid("client_request_id", "must be printable ASCII without spaces");
+    }
+  }
+  return resolved;
+}
+
+}  // namespace zoetrope::server

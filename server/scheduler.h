@@ -1,0 +1,234 @@
+// The scheduler: the job lifecycle, the priority queue, dispatch to workers, and job events.
+//
+// State lives in two places. The JobStore (SQLite) holds every job and is written at every state change
+// (accepted, started, queued again, finished, cancel requested), so a restart loses nothing but live
+// progress. Memory holds the live jobs (QUEUED and RUNNING) with their progress, the queue, the
+// connected workers and the event subscribers.
+//
+// Queue: priority classes (HIGH before NORMAL before LOW), FIFO inside a class by acceptance order, at
+// most `queue_limit` queued jobs. Dispatch gives the first queued job a worker can run (model, token
+// budget, output format) to an idle worker, longest idle first.
+//
+// Workers: see proto/zoetrope/v1/worker_service.proto for the protocol. A job whose worker disconnects
+// stays RUNNING for `worker_grace` (the worker may reconnect and keep it); then it is queued again, or
+// FAILED after `max_worker_losses` losses. After a restart every RUNNING job gets the same grace.
+//
+// Thread-safe: one mutex guards everything. Store writes happen under it (a submit waits for its own
+// commit). Event sinks are called under it and must not block or call back into the scheduler.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/job_store.h"
+#include "server/result_store.h"
+#include "server/scheduler_metrics.h"
+#include "zoetrope/v1/video_service.pb.h"
+#include "zoetrope/v1/worker_service.pb.h"
+
+namespace zoetrope::server {
+
+struct SchedulerOptions {
+  std::string database_path = "zoetrope-data/jobs.db";
+  JobStore::Sync database_sync = JobStore::Sync::kFull;
+  std::string results_directory = "zoetrope-data/results";
+  // Most jobs that may wait in the queue; SubmitJob answers RESOURCE_EXHAUSTED beyond it.
+  int queue_limit = 1000;
+  // Models accepted in requests besides those connected workers announce.
+  std::vector<std::string> models;
+  // Model of requests that name none; empty: the first of `models`, else the first a worker announced.
+  std::string default_model;
+  // Largest latent token count a request may ask for (0: no limit besides the workers').
+  int64_t max_tokens = 75600;
+  absl::Duration heartbeat_interval = absl::Seconds(1);
+  // A worker silent this long is disconnected.
+  absl::Duration worker_timeout = absl::Seconds(10);
+  // How long a running job waits for its lost worker to come back before it is queued again.
+  absl::Duration worker_grace = absl::Seconds(10);
+  // Worker losses after which a job FAILS instead of being queued again.
+  int max_worker_losses = 3;
+  absl::Duration result_retention = absl::Hours(24);
+  // Cost = GPUs × wall time × price per GPU-hour (+ energy × PUE × price per kWh).
+  double price_per_gpu_hour = 0.0;
+  double price_per_kwh = 0.0;
+  double power_usage_effectiveness = 1.0;
+  // How often deadlines, worker silence, grace times and retention are checked.
+  absl::Duration tick_interval = absl::Milliseconds(50);
+};
+
+// How the scheduler sends a worker messages. Implementations queue and return at once.
+class WorkerChannel {
+ public:
+  virtual ~WorkerChannel() = default;
+  virtual void Send(const zoetrope::v1::SchedulerMessage& message) = 0;
+  // Ends the stream (a worker that went silent, or was replaced by a newer stream of the same id).
+  virtual void Close() = 0;
+};
+
+// Receives one job's events. Called with the scheduler's lock held: must not block.
+class JobEventSink {
+ public:
+  virtual ~JobEventSink() = default;
+  // `final` is set on the last event (the job finished); nothing follows it.
+  virtual void OnEvent(const zoetrope::v1::JobEvent& event, bool final) = 0;
+  // False once the client went away; the scheduler then drops the sink.
+  virtual bool IsOpen() const = 0;
+};
+
+struct ResultLocation {
+  std::string path;
+  int64_t size_bytes = 0;
+  std::string sha256;
+  std::string media_type;
+};
+
+class Scheduler {
+ public:
+  // Opens the stores, recovers unfinished jobs and starts the timer thread. `metrics` may be null and
+  // must outlive the scheduler.
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(SchedulerOptions options, SchedulerMetrics* metrics);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // The public API (validation included; errors as documented in video_service.proto).
+  absl::StatusOr<zoetrope::v1::Job> Submit(const zoetrope::v1::SubmitJobRequest& request);
+  // Submit, then Watch in the same critical section (Generate): the sink sees every event of the job.
+  absl::StatusOr<zoetrope::v1::Job> SubmitAndWatch(const zoetrope::v1::SubmitJobRequest& request,
+                                                   std::shared_ptr<JobEventSink> sink);
+  absl::StatusOr<zoetrope::v1::Job> GetJob(const std::string& id);
+  absl::StatusOr<zoetrope::v1::Job> CancelJob(const std::string& id);
+  absl::StatusOr<zoetrope::v1::ListJobsResponse> ListJobs(const zoetrope::v1::ListJobsRequest& request);
+  // Sends the job's current state to `sink` at once, then every change until it finishes.
+  absl::Status Watch(const std::string& id, std::shared_ptr<JobEventSink> sink);
+  absl::StatusOr<ResultLocation> GetResult(const std::string& id);
+
+  // The worker protocol. AttachWorker takes the stream's first message and returns the connection id the
+  // other calls name; messages of a replaced or closed connection are ignored.
+  absl::StatusOr<uint64_t> AttachWorker(const zoetrope::v1::WorkerHello& hello, std::shared_ptr<WorkerChannel> channel);
+  void OnWorkerMessage(uint64_t connection, const zoetrope::v1::WorkerMessage& message);
+  void DetachWorker(uint64_t connection);
+
+  // SIGTERM: new submissions get UNAVAILABLE and no job is started any more; running jobs go on.
+  void BeginDrain();
+  bool draining() const;
+  int running_jobs() const;
+  int queued_jobs() const;
+  int connected_workers() const;
+
+ private:
+  struct LiveJob {
+    zoetrope::v1::Job job;
+    int64_t sequence = 0;
+    int worker_losses = 0;
+    absl::Time deadline = absl::InfiniteFuture();
+    int64_t tokens = 0;
+    // RUNNING: the worker's connection (0 while the worker is gone) and until when it may come back.
+    uint64_t connection = 0;
+    absl::Time orphaned_until = absl::InfiniteFuture();
+    bool cancel_sent = false;
+    int cancel_code = 0;
+    double step_seconds_sum = 0.0;
+    int steps_reported = 0;
+    int last_sent_position = 0;
+    std::vector<std::shared_ptr<JobEventSink>> watchers;
+  };
+  struct WorkerState {
+    uint64_t connection = 0;
+    std::string id;
+    zoetrope::v1::WorkerCapabilities capabilities;
+    std::shared_ptr<WorkerChannel> channel;
+    std::string job_id;    // the job it runs for us
+    std::string stale_job; // a job it still holds that we told it to drop: busy until it reports back
+    bool draining = false;
+    absl::Time last_seen;
+    absl::Time idle_since;
+  };
+  // (−priority, sequence): the queue's order.
+  using QueueKey = std::tuple<int, int64_t, std::string>;
+
+  Scheduler(SchedulerOptions options, SchedulerMetrics* metrics, std::unique_ptr<JobStore> store,
+            std::unique_ptr<ResultStore> results);
+  absl::Status Recover();
+  void TimerLoop();
+  void TickLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void SweepResultsLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  absl::StatusOr<zoetrope::v1::Job> SubmitLocked(const zoetrope::v1::SubmitJobRequest& request, std::string* id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  absl::Status WatchLocked(const std::string& id, std::shared_ptr<JobEventSink> sink)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  bool IsKnownModelLocked(const std::string& model) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  std::string KnownModelsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  std::string DefaultModelLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  zoetrope::v1::Job SnapshotLocked(const LiveJob& live) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  int QueuePositionLocked(const LiveJob& live) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  absl::Status PersistLocked(const LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  void QueueInsertLocked(LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void QueueEraseLocked(const LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void PublishRunningLocked(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void PublishWorkersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  // Event helpers: build the event around the job's snapshot and hand it to every open sink.
+  void EmitLocked(LiveJob& live, zoetrope::v1::JobEvent event, bool final) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void EmitQueuedLocked(LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void UpdatePositionsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  bool CanRunLocked(const WorkerState& worker, const LiveJob& live) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void DispatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void AssignLocked(WorkerState& worker, LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Ends a live job: persists, counts, notifies, and removes it from memory (`live` is gone afterwards);
+  // returns the final job.
+  zoetrope::v1::Job FinishLocked(LiveJob& live, zoetrope::v1::JobState state, int error_code,
+                                 const std::string& error_message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void RequeueLocked(LiveJob& live, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void OrphanJobLocked(LiveJob& live, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void DetachLocked(uint64_t connection) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void HandleProgressLocked(WorkerState& worker, const zoetrope::v1::JobProgress& progress)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void HandleUploadLocked(WorkerState& worker, const zoetrope::v1::ResultUpload& upload)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void HandleCompletionLocked(WorkerState& worker, const zoetrope::v1::JobCompletion& completion)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  LiveJob* FindCurrentAttemptLocked(const WorkerState& worker, const std::string& job_id, int attempt)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  const SchedulerOptions options_;
+  SchedulerMetrics* const metrics_;
+
+  mutable absl::Mutex mutex_;
+  std::unique_ptr<JobStore> store_ ABSL_GUARDED_BY(mutex_);
+  std::unique_ptr<ResultStore> results_ ABSL_GUARDED_BY(mutex_);
+  absl::flat_hash_map<std::string, LiveJob> live_ ABSL_GUARDED_BY(mutex_);
+  std::set<QueueKey> queue_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::pair<std::string, int>, int> queued_by_model_priority_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, int> running_by_model_ ABSL_GUARDED_BY(mutex_);
+  std::map<uint64_t, WorkerState> workers_ ABSL_GUARDED_BY(mutex_);
+  absl::flat_hash_map<std::string, uint64_t> connection_of_worker_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::string> announced_models_ ABSL_GUARDED_BY(mutex_);
+  uint64_t next_connection_ ABSL_GUARDED_BY(mutex_) = 1;
+  bool draining_ ABSL_GUARDED_BY(mutex_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  absl::Time next_result_sweep_ ABSL_GUARDED_BY(mutex_);
+  std::thread timer_;
+};
+
+// Names used in metrics and messages: "queued", "succeeded", ...; "normal", ...
+std::string JobStateName(zoetrope::v1::JobState state);
+std::string PriorityName(zoetrope::v1::Priority priority);
+
+}  // namespace zoetrope::server

@@ -1,0 +1,139 @@
+#include "server/scheduler_metrics.h"
+
+#include "server/metrics.h"
+
+namespace zoetrope::server {
+
+SchedulerMetrics::SchedulerMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      api_requests_(prometheus::BuildCounter()
+                        .Name("zoetrope_api_requests_total")
+                        .Help("VideoService calls by method and gRPC status code")
+                        .Register(*registry_)),
+      jobs_submitted_(prometheus::BuildCounter()
+                          .Name("zoetrope_jobs_submitted_total")
+                          .Help("Jobs accepted into the queue")
+                          .Register(*registry_)),
+      jobs_finished_(prometheus::BuildCounter()
+                         .Name("zoetrope_jobs_finished_total")
+                         .Help("Jobs by final state: succeeded, failed, cancelled, expired")
+                         .Register(*registry_)),
+      jobs_requeued_(prometheus::BuildCounter()
+                         .Name("zoetrope_jobs_requeued_total")
+                         .Help("Running jobs queued again: worker_lost, handed_back")
+                         .Register(*registry_)),
+      queue_depth_(prometheus::BuildGauge()
+                       .Name("zoetrope_queue_depth")
+                       .Help("Jobs waiting in the queue")
+                       .Register(*registry_)),
+      jobs_running_(prometheus::BuildGauge()
+                        .Name("zoetrope_jobs_running")
+                        .Help("Jobs running on a worker")
+                        .Register(*registry_)),
+      workers_(prometheus::BuildGauge()
+                   .Name("zoetrope_workers")
+                   .Help("Connected workers by state: idle, busy, draining")
+                   .Register(*registry_)),
+      queue_duration_(prometheus::BuildHistogram()
+                          .Name("zoetrope_job_queue_duration_seconds")
+                          .Help("Time from acceptance to start on a worker")
+                          .Register(*registry_)),
+      run_duration_(prometheus::BuildHistogram()
+                        .Name("zoetrope_job_run_duration_seconds")
+                        .Help("Time from start on a worker to the end of the job")
+                        .Register(*registry_)),
+      end_to_end_duration_(prometheus::BuildHistogram()
+                               .Name("zoetrope_job_end_to_end_duration_seconds")
+                               .Help("Time from acceptance to the end of the job")
+                               .Register(*registry_)),
+      step_duration_(prometheus::BuildHistogram()
+                         .Name("zoetrope_denoise_step_duration_seconds")
+                         .Help("Duration of one denoising step as reported by workers")
+                         .Register(*registry_)),
+      job_energy_(prometheus::BuildHistogram()
+                      .Name("zoetrope_job_gpu_energy_joules")
+                      .Help("GPU energy of one job over every GPU of its worker group")
+                      .Register(*registry_)),
+      energy_total_(prometheus::BuildCounter()
+                        .Name("zoetrope_gpu_energy_joules_total")
+                        .Help("GPU energy of all finished jobs")
+                        .Register(*registry_)),
+      job_cost_(prometheus::BuildHistogram()
+                    .Name("zoetrope_job_cost_dollars")
+                    .Help("Cost of one video: GPUs x wall time x price per GPU-hour (+ energy where configured)")
+                    .Register(*registry_)),
+      result_store_bytes_(prometheus::BuildGauge()
+                              .Name("zoetrope_result_store_bytes")
+                              .Help("Bytes of results in the result store")
+                              .Register(*registry_)
+                              .Add({})),
+      results_deleted_(prometheus::BuildCounter()
+                           .Name("zoetrope_results_deleted_total")
+                           .Help("Results deleted after the retention time")
+                           .Register(*registry_)
+                           .Add({})),
+      watchers_(prometheus::BuildGauge()
+                    .Name("zoetrope_job_watchers")
+                    .Help("Open WatchJob and Generate streams")
+                    .Register(*registry_)
+                    .Add({})),
+      draining_(prometheus::BuildGauge()
+                    .Name("zoetrope_draining")
+                    .Help("1 while the scheduler drains after SIGTERM")
+                    .Register(*registry_)
+                    .Add({})) {
+  SetWorkers(0, 0, 0);
+}
+
+void SchedulerMetrics::ApiRequest(const std::string& method, const std::string& code) {
+  api_requests_.Add({{"method", method}, {"code", code}}).Increment();
+}
+
+void SchedulerMetrics::JobSubmitted(const std::string& model, const std::string& priority) {
+  jobs_submitted_.Add({{"model", model}, {"priority", priority}}).Increment();
+}
+
+void SchedulerMetrics::JobStarted(const std::string& model, double queue_seconds) {
+  queue_duration_.Add({{"model", model}}, DurationBuckets()).Observe(queue_seconds);
+}
+
+void SchedulerMetrics::JobFinished(const std::string& model, const std::string& state, double run_seconds,
+                                   double end_to_end_seconds, double gpu_energy_joules, double cost_dollars, bool ran) {
+  jobs_finished_.Add({{"model", model}, {"state", state}}).Increment();
+  end_to_end_duration_.Add({{"model", model}}, DurationBuckets()).Observe(end_to_end_seconds);
+  if (ran) {
+    run_duration_.Add({{"model", model}}, DurationBuckets()).Observe(run_seconds);
+    job_energy_.Add({{"model", model}}, EnergyBuckets()).Observe(gpu_energy_joules);
+    energy_total_.Add({{"model", model}}).Increment(gpu_energy_joules);
+    job_cost_.Add({{"model", model}}, CostBuckets()).Observe(cost_dollars);
+  }
+}
+
+void SchedulerMetrics::JobRequeued(const std::string& model, const std::string& reason) {
+  jobs_requeued_.Add({{"model", model}, {"reason", reason}}).Increment();
+}
+
+void SchedulerMetrics::StepCompleted(const std::string& model, double seconds) {
+  step_duration_.Add({{"model", model}}, DurationBuckets()).Observe(seconds);
+}
+
+void SchedulerMetrics::SetQueueDepth(const std::string& model, const std::string& priority, double depth) {
+  queue_depth_.Add({{"model", model}, {"priority", priority}}).Set(depth);
+}
+
+void SchedulerMetrics::SetRunning(const std::string& model, double running) {
+  jobs_running_.Add({{"model", model}}).Set(running);
+}
+
+void SchedulerMetrics::SetWorkers(double idle, double busy, double draining) {
+  workers_.Add({{"state", "idle"}}).Set(idle);
+  workers_.Add({{"state", "busy"}}).Set(busy);
+  workers_.Add({{"state", "draining"}}).Set(draining);
+}
+
+void SchedulerMetrics::SetResultStoreBytes(double bytes) { result_store_bytes_.Set(bytes); }
+void SchedulerMetrics::ResultsDeleted(double count) { results_deleted_.Increment(count); }
+void SchedulerMetrics::WatchersChanged(double delta) { watchers_.Increment(delta); }
+void SchedulerMetrics::SetDraining(bool draining) { draining_.Set(draining ? 1 : 0); }
+
+}  // namespace zoetrope::server

@@ -1,0 +1,77 @@
+// The scheduler's Prometheus metrics (see server/metrics.h for the naming rules).
+//
+//   zoetrope_api_requests_total{method,code}           every VideoService call by gRPC status
+//   zoetrope_jobs_submitted_total{model,priority}      jobs accepted
+//   zoetrope_jobs_finished_total{model,state}          jobs by final state (succeeded, failed, cancelled, expired)
+//   zoetrope_jobs_requeued_total{model,reason}         worker_lost, handed_back
+//   zoetrope_queue_depth{model,priority}               queued jobs
+//   zoetrope_jobs_running{model}                       jobs on a worker
+//   zoetrope_workers{state}                            connected workers: idle, busy, draining
+//   zoetrope_job_queue_duration_seconds{model}         accepted → started, per attempt
+//   zoetrope_job_run_duration_seconds{model}           started → finished
+//   zoetrope_job_end_to_end_duration_seconds{model}    accepted → finished
+//   zoetrope_denoise_step_duration_seconds{model}      per denoising step, as workers report them
+//   zoetrope_job_gpu_energy_joules{model}              GPU energy per finished job
+//   zoetrope_gpu_energy_joules_total{model}            GPU energy of all jobs
+//   zoetrope_job_cost_dollars{model}                   cost per video
+//   zoetrope_result_store_bytes                        bytes of stored results
+//   zoetrope_results_deleted_total                     results removed by retention
+//   zoetrope_job_watchers                              open WatchJob/Generate streams
+//   zoetrope_draining                                  1 while draining after SIGTERM
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace zoetrope::server {
+
+class SchedulerMetrics {
+ public:
+  SchedulerMetrics();
+
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  void ApiRequest(const std::string& method, const std::string& code);
+  void JobSubmitted(const std::string& model, const std::string& priority);
+  void JobStarted(const std::string& model, double queue_seconds);
+  void JobFinished(const std::string& model, const std::string& state, double run_seconds, double end_to_end_seconds,
+                   double gpu_energy_joules, double cost_dollars, bool ran);
+  void JobRequeued(const std::string& model, const std::string& reason);
+  void StepCompleted(const std::string& model, double seconds);
+  void SetQueueDepth(const std::string& model, const std::string& priority, double depth);
+  void SetRunning(const std::string& model, double running);
+  void SetWorkers(double idle, double busy, double draining);
+  void SetResultStoreBytes(double bytes);
+  void ResultsDeleted(double count);
+  void WatchersChanged(double delta);
+  void SetDraining(bool draining);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>& api_requests_;
+  prometheus::Family<prometheus::Counter>& jobs_submitted_;
+  prometheus::Family<prometheus::Counter>& jobs_finished_;
+  prometheus::Family<prometheus::Counter>& jobs_requeued_;
+  prometheus::Family<prometheus::Gauge>& queue_depth_;
+  prometheus::Family<prometheus::Gauge>& jobs_running_;
+  prometheus::Family<prometheus::Gauge>& workers_;
+  prometheus::Family<prometheus::Histogram>& queue_duration_;
+  prometheus::Family<prometheus::Histogram>& run_duration_;
+  prometheus::Family<prometheus::Histogram>& end_to_end_duration_;
+  prometheus::Family<prometheus::Histogram>& step_duration_;
+  prometheus::Family<prometheus::Histogram>& job_energy_;
+  prometheus::Family<prometheus::Counter>& energy_total_;
+  prometheus::Family<prometheus::Histogram>& job_cost_;
+  prometheus::Gauge& result_store_bytes_;
+  prometheus::Counter& results_deleted_;
+  prometheus::Gauge& watchers_;
+  prometheus::Gauge& draining_;
+};
+
+}  // namespace zoetrope::server

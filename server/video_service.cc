@@ -1,0 +1,378 @@
+#include "server/video_service.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "server/request_validation.h"
+
+namespace zoetrope::server {
+namespace {
+
+namespace v1 = zoetrope::v1;
+
+// Events a slow client may have pending before older step events are dropped (the newest step and every
+// other kind of event are always delivered).
+constexpr size_t kMaxPendingEvents = 256;
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+std::string CodeName(const grpc::Status& status) {
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
+}
+
+void Count(SchedulerMetrics* metrics, const char* method, const grpc::Status& status) {
+  if (metrics != nullptr) metrics->ApiRequest(method, CodeName(status));
+}
+
+std::string Flatten(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (!buffer.Dump(&slices).ok()) return bytes;
+  bytes.reserve(buffer.Length());
+  for (const grpc::Slice& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  return bytes;
+}
+
+grpc::ByteBuffer Serialize(const google::protobuf::Message& message) {
+  grpc::ByteBuffer buffer;
+  const std::string bytes = message.SerializeAsString();
+  grpc::Slice slice(bytes);
+  buffer = grpc::ByteBuffer(&slice, 1);
+  return buffer;
+}
+
+template <typename Wire>
+Wire ToWire(const v1::JobEvent& event);
+template <>
+v1::JobEvent ToWire<v1::JobEvent>(const v1::JobEvent& event) {
+  return event;
+}
+template <>
+grpc::ByteBuffer ToWire<grpc::ByteBuffer>(const v1::JobEvent& event) {
+  return Serialize(event);
+}
+
+// A server stream of one job's events. The scheduler pushes events into the shared State (its sink);
+// one write is in flight at a time; the reactor finishes after the final event, or when the client
+// leaves. Reactor methods may run inline inside StartWrite, so StartWrite and Finish are never called
+// with the state's mutex held.
+template <typename Wire>
+class EventStreamReactor final : public grpc::ServerWriteReactor<Wire> {
+ public:
+  EventStreamReactor(SchedulerMetrics* metrics, const char* method)
+      : metrics_(metrics), method_(method), state_(std::make_shared<State>()) {
+    state_->reactor = this;
+    if (metrics_ != nullptr) metrics_->WatchersChanged(1);
+  }
+
+  std::shared_ptr<JobEventSink> sink() const { return state_; }
+
+  // Ends the stream before any event (e.g. NOT_FOUND).
+  void FinishWithError(const grpc::Status& status) {
+    {
+      absl::MutexLock lock(&state_->mutex);
+      if (state_->finished) return;
+      state_->finished = true;
+      state_->open = false;
+    }
+    Count(metrics_, method_, status);
+    this->Finish(status);
+  }
+
+  void OnWriteDone(bool ok) override {
+    bool finish = false, write_next = false;
+    grpc::Status status = grpc::Status::OK;
+    {
+      absl::MutexLock lock(&state_->mutex);
+      if (!ok) {
+        state_->open = false;
+        finish = !state_->finished;
+        state_->finished = true;
+        status = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+      } else if (current_final_) {
+        state_->open = false;
+        finish = !state_->finished;
+        state_->finished = true;
+      } else if (state_->pending.empty()) {
+        state_->writing = false;
+      } else {
+        write_next = true;
+      }
+    }
+    if (finish) {
+      Count(metrics_, method_, status);
+      this->Finish(status);
+    } else if (write_next) {
+      WriteNext();
+    }
+  }
+
+  void OnCancel() override {
+    bool finish = false;
+    {
+      absl::MutexLock lock(&state_->mutex);
+      state_->open = false;
+      // With a write in flight, OnWriteDone(false) follows and finishes.
+      if (!state_->writing && !state_->finished) {
+        state_->finished = true;
+        finish = true;
+      }
+    }
+    if (finish) {
+      const grpc::Status status(grpc::StatusCode::CANCELLED, "the client cancelled the stream");
+      Count(metrics_, method_, status);
+      this->Finish(status);
+    }
+  }
+
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&state_->mutex);
+      state_->reactor = nullptr;
+      state_->open = false;
+    }
+    if (metrics_ != nullptr) metrics_->WatchersChanged(-1);
+    delete this;
+  }
+
+ private:
+  struct Pending {
+    Wire message;
+    bool final = false;
+    bool step = false;
+  };
+
+  struct State final : public JobEventSink {
+    mutable absl::Mutex mutex;
+    EventStreamReactor* reactor ABSL_GUARDED_BY(mutex) = nullptr;
+    std::deque<Pending> pending ABSL_GUARDED_BY(mutex);
+    bool writing ABSL_GUARDED_BY(mutex) = false;
+    bool finished ABSL_GUARDED_BY(mutex) = false;
+    bool open ABSL_GUARDED_BY(mutex) = true;
+
+    void OnEvent(const v1::JobEvent& event, bool final) override {
+      Pending entry{ToWire<Wire>(event), final, event.has_step()};
+      EventStreamReactor* start = nullptr;
+      {
+        absl::MutexLock lock(&mutex);
+        if (!open || finished || reactor == nullptr) return;
+        if (pending.size() >= kMaxPendingEvents) {
+          for (auto it = pending.begin(); it != pending.end(); ++it) {
+            if (it->step) {
+              pending.erase(it);
+              break;
+            }
+          }
+        }
+        pending.push_back(std::move(entry));
+        if (!writing) {
+          writing = true;
+          start = reactor;
+        }
+      }
+      if (start != nullptr) start->WriteNext();
+    }
+
+    bool IsOpen() const override {
+      absl::MutexLock lock(&mutex);
+      return open && !finished;
+    }
+  };
+
+  // Called with `writing` set by the caller, so no other write can start meanwhile.
+  void WriteNext() {
+    {
+      absl::MutexLock lock(&state_->mutex);
+      current_ = std::move(state_->pending.front().message);
+      current_final_ = state_->pending.front().final;
+      state_->pending.pop_front();
+    }
+    this->StartWrite(&current_);
+  }
+
+  SchedulerMetrics* metrics_;
+  const char* method_;
+  std::shared_ptr<State> state_;
+  Wire current_;
+  bool current_final_ = false;
+};
+
+// Streams a result file from an offset in chunks.
+class FetchReactor final : public grpc::ServerWriteReactor<v1::ResultChunk> {
+ public:
+  FetchReactor(SchedulerMetrics* metrics, ResultLocation location, int64_t offset, int chunk_size)
+      : metrics_(metrics), location_(std::move(location)), offset_(offset), chunk_size_(chunk_size) {}
+
+  void Start() {
+    fd_ = ::open(location_.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) {
+      FinishWith(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                              absl::StrCat("the result file is gone (", std::strerror(errno), ")")));
+      return;
+    }
+    buffer_.resize(chunk_size_);
+    WriteNext();
+  }
+
+  void FinishWith(const grpc::Status& status) {
+    Count(metrics_, "FetchResult", status);
+    Finish(status);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      FinishWith(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+    } else if (chunk_.last()) {
+      FinishWith(grpc::Status::OK);
+    } else {
+      WriteNext();
+    }
+  }
+
+  void OnDone() override {
+    if (fd_ >= 0) ::close(fd_);
+    delete this;
+  }
+
+ private:
+  void WriteNext() {
+    const int64_t remaining = location_.size_bytes - offset_;
+    const size_t wanted = static_cast<size_t>(std::min<int64_t>(remaining, chunk_size_));
+    size_t have = 0;
+    while (have < wanted) {
+      const ssize_t count = ::pread(fd_, buffer_.data() + have, wanted - have, offset_ + static_cast<int64_t>(have));
+      if (count < 0 && errno == EINTR) continue;
+      if (count <= 0) {
+        FinishWith(grpc::Status(grpc::StatusCode::DATA_LOSS,
+                                absl::StrCat("reading the result at offset ", offset_ + have, ": ",
+                                             count < 0 ? std::strerror(errno) : "file shorter than recorded")));
+        return;
+      }
+      have += static_cast<size_t>(count);
+    }
+    chunk_.Clear();
+    chunk_.set_offset(offset_);
+    chunk_.set_data(buffer_.data(), have);
+    chunk_.set_total_size(location_.size_bytes);
+    chunk_.set_media_type(location_.media_type);
+    chunk_.set_sha256(location_.sha256);
+    offset_ += static_cast<int64_t>(have);
+    chunk_.set_last(offset_ == location_.size_bytes);
+    StartWrite(&chunk_);
+  }
+
+  SchedulerMetrics* metrics_;
+  ResultLocation location_;
+  int64_t offset_;
+  int chunk_size_;
+  int fd_ = -1;
+  std::string buffer_;
+  v1::ResultChunk chunk_;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* VideoServiceImpl::SubmitJob(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<v1::SubmitJobRequest> parsed = ParseSubmitJobRequest(Flatten(*request));
+  absl::StatusOr<v1::Job> job = parsed.ok() ? scheduler_.Submit(*parsed) : absl::StatusOr<v1::Job>(parsed.status());
+  if (job.ok()) *response = Serialize(*job);
+  const grpc::Status status = ToGrpc(job.status());
+  Count(metrics_, "SubmitJob", status);
+  reactor->Finish(status);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoServiceImpl::Generate(grpc::CallbackServerContext* context,
+                                                                       const grpc::ByteBuffer* request) {
+  auto* reactor = new EventStreamReactor<grpc::ByteBuffer>(metrics_, "Generate");
+  absl::StatusOr<v1::SubmitJobRequest> parsed = ParseSubmitJobRequest(Flatten(*request));
+  absl::Status status = parsed.status();
+  if (parsed.ok()) status = scheduler_.SubmitAndWatch(*parsed, reactor->sink()).status();
+  if (!status.ok()) reactor->FinishWithError(ToGrpc(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* VideoServiceImpl::GetJob(grpc::CallbackServerContext* context,
+                                                   const v1::GetJobRequest* request, v1::Job* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<v1::Job> job = scheduler_.GetJob(request->id());
+  if (job.ok()) *response = std::move(*job);
+  const grpc::Status status = ToGrpc(job.status());
+  Count(metrics_, "GetJob", status);
+  reactor->Finish(status);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::JobEvent>* VideoServiceImpl::WatchJob(grpc::CallbackServerContext* context,
+                                                                   const v1::WatchJobRequest* request) {
+  auto* reactor = new EventStreamReactor<v1::JobEvent>(metrics_, "WatchJob");
+  if (absl::Status status = scheduler_.Watch(request->id(), reactor->sink()); !status.ok()) {
+    reactor->FinishWithError(ToGrpc(status));
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* VideoServiceImpl::CancelJob(grpc::CallbackServerContext* context,
+                                                      const v1::CancelJobRequest* request, v1::Job* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<v1::Job> job = scheduler_.CancelJob(request->id());
+  if (job.ok()) *response = std::move(*job);
+  const grpc::Status status = ToGrpc(job.status());
+  Count(metrics_, "CancelJob", status);
+  reactor->Finish(status);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* VideoServiceImpl::ListJobs(grpc::CallbackServerContext* context,
+                                                     const v1::ListJobsRequest* request,
+                                                     v1::ListJobsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<v1::ListJobsResponse> page = scheduler_.ListJobs(*request);
+  if (page.ok()) *response = std::move(*page);
+  const grpc::Status status = ToGrpc(page.status());
+  Count(metrics_, "ListJobs", status);
+  reactor->Finish(status);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::ResultChunk>* VideoServiceImpl::FetchResult(grpc::CallbackServerContext* context,
+                                                                         const v1::FetchResultRequest* request) {
+  absl::Status invalid;
+  if (request->chunk_size() < 0 || request->chunk_size() > kMaxResultChunkBytes) {
+    invalid = absl::InvalidArgumentError(absl::StrCat("chunk_size: must be in [0, ", kMaxResultChunkBytes, "] (got ",
+                                                      request->chunk_size(), ")"));
+  } else if (request->offset() < 0) {
+    invalid = absl::InvalidArgumentError(absl::StrCat("offset: must be ≥ 0 (got ", request->offset(), ")"));
+  }
+  absl::StatusOr<ResultLocation> location =
+      invalid.ok() ? scheduler_.GetResult(request->id()) : absl::StatusOr<ResultLocation>(invalid);
+  if (location.ok() && request->offset() > location->size_bytes) {
+    location = absl::OutOfRangeError(absl::StrCat("offset: ", request->offset(), " is past the end of the result (",
+                                                  location->size_bytes, " bytes)"));
+  }
+  const int chunk_size = request->chunk_size() == 0 ? kMaxResultChunkBytes : request->chunk_size();
+  auto* reactor = new FetchReactor(metrics_, location.ok() ? *location : ResultLocation{}, request->offset(), chunk_size);
+  if (!location.ok()) {
+    reactor->FinishWith(ToGrpc(location.status()));
+  } else {
+    reactor->Start();
+  }
+  return reactor;
+}
+
+}  // namespace zoetrope::server

@@ -1,0 +1,157 @@
+#include "worker/engine/text_to_video.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+
+namespace zoetrope {
+namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+absl::Status FieldError(absl::string_view field, absl::string_view rule, absl::string_view value) {
+  return absl::InvalidArgumentError(absl::StrCat(field, " must ", rule, " (got ", value, ")"));
+}
+
+}  // namespace
+
+const char* GenerationPhaseName(GenerationPhase phase) {
+  switch (phase) {
+    case GenerationPhase::kEncodingText: return "encoding_text";
+    case GenerationPhase::kDenoising: return "denoising";
+    case GenerationPhase::kDecoding: return "decoding";
+  }
+  return "unknown";
+}
+
+absl::Status ValidateGenerationParameters(const GenerationParameters& parameters) {
+  // The RoPE table holds 1024 positions per axis: 1024 patches of 16 pixels.
+  constexpr int64_t kMaxPixels = 1024 * 16;
+  if (parameters.width < 16 || parameters.width % 16 != 0 || parameters.width > kMaxPixels) {
+    return FieldError("width", "be a multiple of 16 between 16 and 16384", absl::StrCat(parameters.width));
+  }
+  if (parameters.height < 16 || parameters.height % 16 != 0 || parameters.height > kMaxPixels) {
+    return FieldError("height", "be a multiple of 16 between 16 and 16384", absl::StrCat(parameters.height));
+  }
+  if (parameters.frames < 1 || (parameters.frames - 1) % 4 != 0 || parameters.frames > 4093) {
+    return FieldError("frames", "be 4n+1 (1, 5, ..., 81, ...) and at most 4093", absl::StrCat(parameters.frames));
+  }
+  if (parameters.steps < 1 || parameters.steps > 1000) {
+    return FieldError("steps", "be between 1 and 1000", absl::StrCat(parameters.steps));
+  }
+  if (!(parameters.guidance >= 0.0 && parameters.guidance <= 100.0)) {
+    return FieldError("guidance", "be between 0 and 100", absl::StrCat(parameters.guidance));
+  }
+  if (!(parameters.shift > 0.0 && parameters.shift <= 100.0)) {
+    return FieldError("shift", "be greater than 0 and at most 100", absl::StrCat(parameters.shift));
+  }
+  if (parameters.vae_chunk_frames < 0) {
+    return FieldError("vae_chunk_frames", "be ≥ 0", absl::StrCat(parameters.vae_chunk_frames));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> TextToVideoPipeline::Load(const std::string& model_folder,
+                                                                               Backend& backend) {
+  absl::StatusOr<ModelFiles> files = FindModelFiles(model_folder);
+  if (!files.ok()) return files.status();
+  std::unique_ptr<TextToVideoPipeline> pipeline(new TextToVideoPipeline(backend));
+  pipeline->files_ = *files;
+
+  absl::StatusOr<std::unique_ptr<WanDit>> transformer = WanDit::Load(files->transformer, backend);
+  if (!transformer.ok()) return transformer.status();
+  pipeline->transformer_ = *std::move(transformer);
+  const WanDitConfig& dit = pipeline->transformer_->config();
+
+  TokenizerOptions tokenizer_options;
+  tokenizer_options.max_length = dit.text_len;  // the DiT pads the context to text_len rows
+  absl::StatusOr<std::unique_ptr<TextTokenizer>> tokenizer = TextTokenizer::Load(files->tokenizer, tokenizer_options);
+  if (!tokenizer.ok()) return tokenizer.status();
+  pipeline->tokenizer_ = *std::move(tokenizer);
+
+  absl::StatusOr<std::unique_ptr<Umt5Encoder>> text_encoder = Umt5Encoder::Load(files->text_encoder, backend);
+  if (!text_encoder.ok()) return text_encoder.status();
+  pipeline->text_encoder_ = *std::move(text_encoder);
+  if (pipeline->text_encoder_->config().model_dim != dit.text_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        files->text_encoder, ": text encoder width ", pipeline->text_encoder_->config().model_dim,
+        " does not match the DiT's text_dim ", dit.text_dim, " (", files->transformer, ")"));
+  }
+  pipeline->prompt_encoder_ = std::make_unique<PromptEncoder>(*pipeline->tokenizer_, *pipeline->text_encoder_);
+
+  absl::StatusOr<std::unique_ptr<WanVae>> vae = WanVae::Load(files->vae, backend);
+  if (!vae.ok()) return vae.status();
+  pipeline->vae_ = *std::move(vae);
+  if (pipeline->vae_->config().z_dim != dit.out_dim || dit.in_dim != dit.out_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(files->vae, ": VAE latent channels ", pipeline->vae_->config().z_dim,
+                                                   " do not match the DiT's in_dim/out_dim ", dit.in_dim, "/",
+                                                   dit.out_dim, " (", files->transformer, ")"));
+  }
+  return pipeline;
+}
+
+absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
+    const GenerationParameters& parameters, const std::function<void(const GenerationProgress&)>& progress,
+    const std::atomic<bool>* cancelled) {
+  if (absl::Status valid = ValidateGenerationParameters(parameters); !valid.ok()) return valid;
+  GenerationResult result;
+  auto report = [&](GenerationPhase phase) {
+    if (!progress) return;
+    GenerationProgress update;
+    update.phase = phase;
+    progress(update);
+  };
+
+  report(GenerationPhase::kEncodingText);
+  auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<Tensor> positive_text = prompt_encoder_->Encode(parameters.prompt);
+  if (!positive_text.ok()) return positive_text.status();
+  absl::StatusOr<WanDit::PromptConditioning> positive = transformer_->EncodePrompt(*positive_text);
+  if (!positive.ok()) return positive.status();
+  const bool guided = parameters.guidance != 1.0;
+  absl::StatusOr<WanDit::PromptConditioning> negative;
+  if (guided) {
+    absl::StatusOr<Tensor> negative_text = prompt_encoder_->EncodeNegative(parameters.negative_prompt);
+    if (!negative_text.ok()) return negative_text.status();
+    negative = transformer_->EncodePrompt(*negative_text);
+    if (!negative.ok()) return negative.status();
+  }
+  backend_.Synchronize();
+  result.text_seconds = SecondsSince(start);
+
+  report(GenerationPhase::kDenoising);
+  start = std::chrono::steady_clock::now();
+  DenoiseOptions options;
+  options.latent_shape =
+      LatentShapeFor(parameters.width, parameters.height, parameters.frames, transformer_->config().in_dim);
+  options.steps = parameters.steps;
+  options.shift = parameters.shift;
+  options.guidance = parameters.guidance;
+  options.sampler = parameters.sampler;
+  options.seed = parameters.seed;
+  absl::StatusOr<Tensor> latent = Denoise(
+      *transformer_, attention_, *positive, guided ? &*negative : nullptr, options,
+      [&](const DenoiseProgress& step) {
+        if (!progress) return;
+        GenerationProgress update;
+        update.phase = GenerationPhase::kDenoising;
+        update.denoise = step;
+        progress(update);
+      },
+      cancelled);
+  if (!latent.ok()) return latent.status();
+  result.denoise_seconds = SecondsSince(start);
+
+  if (cancelled != nullptr && cancelled->load()) return absl::CancelledError("cancelled before decoding");
+  report(GenerationPhase::kDecoding);
+  start = std::chrono::steady_clock::now();
+  absl::StatusOr<Tensor> frames = vae_->Decode(*latent, parameters.vae_chunk_frames);
+  if (!frames.ok()) return frames.status();
+  result.frames = backend_.ToHost(*frames);
+  result.decode_seconds = SecondsSince(start);
+  return result;
+}
+
+}  // namespace zoetrope

@@ -1,0 +1,88 @@
+// The text-to-video pipeline (spec/wan21.md §0): prompt → tokenize → umT5 → DiT sampling loop with
+// classifier-free guidance → VAE decode → frames. One object per device, models loaded once and
+// reused for every request; the command line (`zoetrope generate`) and the worker's job runner both
+// drive this class.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "parallel/sequence_attention.h"
+#include "worker/engine/denoise.h"
+#include "worker/engine/model_folder.h"
+#include "worker/engine/prompt_cache.h"
+#include "worker/engine/text_tokenizer.h"
+#include "worker/engine/umt5_encoder.h"
+#include "worker/engine/wan_dit.h"
+#include "worker/engine/wan_vae.h"
+
+namespace zoetrope {
+
+struct GenerationParameters {
+  std::string prompt;
+  std::string negative_prompt;  // empty: Wan's default negative prompt
+  int64_t width = 832;
+  int64_t height = 480;
+  int64_t frames = 81;  // 4n + 1
+  int steps = 50;
+  double guidance = 5.0;
+  double shift = 5.0;
+  SamplerKind sampler = SamplerKind::kUniPC;
+  uint64_t seed = 0;
+  int64_t vae_chunk_frames = 1;  // latent frames per VAE chunk (memory bound); 0 = all at once
+};
+
+enum class GenerationPhase { kEncodingText, kDenoising, kDecoding };
+const char* GenerationPhaseName(GenerationPhase phase);
+
+struct GenerationProgress {
+  GenerationPhase phase = GenerationPhase::kEncodingText;
+  DenoiseProgress denoise;  // valid in kDenoising
+};
+
+struct GenerationResult {
+  Tensor frames;  // host F32 [T, 3, H, W], RGB in [−1, 1]
+  double text_seconds = 0.0;
+  double denoise_seconds = 0.0;
+  double decode_seconds = 0.0;
+};
+
+// Every rule a request must satisfy, with the field named (width and height multiples of 16 within
+// the model's limits, frames 4n+1, steps ≥ 1, guidance ≥ 0, shift > 0).
+absl::Status ValidateGenerationParameters(const GenerationParameters& parameters);
+
+class TextToVideoPipeline {
+ public:
+  // Loads the four parts from a model folder (see model_folder.h) onto `backend`, which must outlive
+  // the pipeline, and checks that they fit together (text width, latent channels, prompt length).
+  static absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> Load(const std::string& model_folder, Backend& backend);
+
+  const ModelFiles& files() const { return files_; }
+  const WanDit& transformer() const { return *transformer_; }
+  Backend& backend() const { return backend_; }
+  PromptEncoder& prompt_encoder() { return *prompt_encoder_; }
+
+  // Runs one generation. `progress` (may be null) is called at phase changes and after every
+  // denoising step; `cancelled` (may be null) stops at the next step with CANCELLED.
+  absl::StatusOr<GenerationResult> Generate(const GenerationParameters& parameters,
+                                            const std::function<void(const GenerationProgress&)>& progress = nullptr,
+                                            const std::atomic<bool>* cancelled = nullptr);
+
+ private:
+  TextToVideoPipeline(Backend& backend) : backend_(backend) {}
+
+  Backend& backend_;
+  ModelFiles files_;
+  std::unique_ptr<TextTokenizer> tokenizer_;
+  std::unique_ptr<Umt5Encoder> text_encoder_;
+  std::unique_ptr<PromptEncoder> prompt_encoder_;
+  std::unique_ptr<WanDit> transformer_;
+  std::unique_ptr<WanVae> vae_;
+  LocalDenseAttention attention_;
+};
+
+}  // namespace zoetrope

@@ -1,0 +1,121 @@
+#include "worker/pipeline_job_runner.h"
+
+#include <chrono>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/backend_factory.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "worker/engine/video_writer.h"
+
+namespace zoetrope {
+namespace {
+
+// 720p, 81 frames: 21 · 45 · 80.
+constexpr int64_t kDefaultMaxTokens = 75600;
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+std::string ModelNameOfPath(const std::string& model_path) {
+  std::filesystem::path path(model_path);
+  while (!path.empty() && path.filename().empty()) path = path.parent_path();  // trailing slash
+  const std::string name = path.filename().string();
+  return name.empty() ? model_path : name;
+}
+
+absl::StatusOr<std::unique_ptr<PipelineJobRunner>> PipelineJobRunner::Create(const PipelineOptions& options) {
+  std::unique_ptr<PipelineJobRunner> runner(new PipelineJobRunner());
+  runner->options_ = options;
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(options.device);
+  if (!backend.ok()) return absl::InvalidArgumentError(absl::StrCat("device: ", backend.status().message()));
+  runner->backend_ = std::move(*backend);
+  if (runner->backend_->device().is_cpu() && options.threads > 0) runner->backend_ = CreateCpuBackend(options.threads);
+
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> pipeline =
+      TextToVideoPipeline::Load(options.model_path, *runner->backend_);
+  if (!pipeline.ok()) return pipeline.status();
+  runner->pipeline_ = std::move(*pipeline);
+  runner->load_seconds_ = SecondsSince(start);
+
+  RunnerCapabilities& capabilities = runner->capabilities_;
+  capabilities.models = {options.model_name.empty() ? ModelNameOfPath(options.model_path) : options.model_name};
+  capabilities.backend = runner->backend_->device().is_cpu() ? "cpu" : "cuda";
+  // One device per worker for now; sequence-parallel groups announce their GPU count here.
+  capabilities.gpus = runner->backend_->device().is_cpu() ? 0 : 1;
+  capabilities.sequence_parallel_degree = 1;
+  capabilities.max_tokens = options.max_tokens > 0 ? options.max_tokens : kDefaultMaxTokens;
+  capabilities.formats = {ResultFormat::kMp4, ResultFormat::kRawSafetensors};
+  capabilities.device_name = runner->backend_->name();
+  return runner;
+}
+
+PipelineJobRunner::~PipelineJobRunner() = default;
+
+absl::StatusOr<JobOutput> PipelineJobRunner::Run(const GenerationRequest& request, ProgressSink& progress,
+                                                 const std::atomic<bool>& cancelled) {
+  GenerationParameters parameters;
+  parameters.prompt = request.prompt;
+  parameters.negative_prompt = request.negative_prompt;
+  parameters.width = request.width;
+  parameters.height = request.height;
+  parameters.frames = request.frames;
+  parameters.steps = request.steps;
+  parameters.guidance = request.guidance;
+  parameters.shift = request.shift;
+  parameters.sampler = request.sampler;
+  parameters.seed = request.seed;
+  parameters.vae_chunk_frames = options_.vae_chunk_frames;
+  if (absl::Status valid = ValidateGenerationParameters(parameters); !valid.ok()) return valid;
+
+  absl::StatusOr<GenerationResult> result = pipeline_->Generate(
+      parameters,
+      [&progress](const GenerationProgress& update) {
+        switch (update.phase) {
+          case GenerationPhase::kEncodingText:
+            progress.OnPhase(JobPhase::kEncodingText);
+            break;
+          case GenerationPhase::kDenoising:
+            if (update.denoise.step == 0) {
+              progress.OnPhase(JobPhase::kDenoising);
+            } else {
+              progress.OnStep(StepProgress{update.denoise.step, update.denoise.steps, update.denoise.step_seconds});
+            }
+            break;
+          case GenerationPhase::kDecoding:
+            progress.OnPhase(JobPhase::kDecoding);
+            break;
+        }
+      },
+      &cancelled);
+  if (!result.ok()) return result.status();
+  if (cancelled.load()) return absl::CancelledError("cancelled after decoding");
+
+  // The same file `zoetrope generate` writes for these parameters.
+  progress.OnPhase(JobPhase::kEncodingVideo);
+  VideoOutputOptions video;
+  const bool raw = request.format == ResultFormat::kRawSafetensors;
+  video.format = raw ? VideoFormat::kRaw : VideoFormat::kMp4;
+  video.path = request.output_path + (raw ? ".safetensors" : ".mp4");
+  video.frames_per_second = request.fps;
+  video.comment = absl::StrCat("prompt: ", parameters.prompt, "; seed: ", parameters.seed, "; steps: ", parameters.steps,
+                               "; sampler: ", std::string(SamplerKindName(parameters.sampler)));
+  if (absl::Status written = WriteVideo(result->frames, video); !written.ok()) return written;
+  std::error_code error;
+  const auto size = std::filesystem::file_size(video.path, error);
+  if (error) return absl::InternalError(absl::StrCat(video.path, ": ", error.message()));
+
+  JobOutput output;
+  output.path = video.path;
+  output.media_type = raw ? "application/x-safetensors" : "video/mp4";
+  output.size_bytes = static_cast<int64_t>(size);
+  output.denoise_seconds = result->denoise_seconds;
+  output.gpus = capabilities_.gpus;
+  return output;
+}
+
+}  // namespace zoetrope

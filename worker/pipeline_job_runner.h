@@ -1,0 +1,56 @@
+// The JobRunner that runs the text-to-video pipeline: the models are loaded once, each job runs what
+// `zoetrope generate` runs (worker/cli/generate_command.cc): TextToVideoPipeline::Generate (umT5, the
+// DiT sampling loop with CFG, VAE decode) and WriteVideo. For the same request, seed and model folder
+// the result is the same file `zoetrope generate` writes.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "worker/engine/text_to_video.h"
+#include "worker/job_runner.h"
+
+namespace zoetrope {
+
+struct PipelineOptions {
+  // Model folder: DiT, text encoder, VAE and tokenizer (original or diffusers layout; model_folder.h).
+  std::string model_path;
+  // Name announced to the scheduler; empty: the folder's name.
+  std::string model_name;
+  // "cpu", "cuda" or "cuda:N".
+  std::string device = "cpu";
+  int threads = 0;  // CPU threads (0: all cores)
+  // Largest latent token count accepted; 0 picks the default (720p, 81 frames).
+  int64_t max_tokens = 0;
+  // Latent frames per VAE decode chunk (memory bound; 0 = all at once).
+  int64_t vae_chunk_frames = 1;
+};
+
+class PipelineJobRunner final : public JobRunner {
+ public:
+  // Loads the models (errors name the file and the key).
+  static absl::StatusOr<std::unique_ptr<PipelineJobRunner>> Create(const PipelineOptions& options);
+  ~PipelineJobRunner() override;
+
+  RunnerCapabilities capabilities() const override { return capabilities_; }
+  absl::StatusOr<JobOutput> Run(const GenerationRequest& request, ProgressSink& progress,
+                                const std::atomic<bool>& cancelled) override;
+
+  double load_seconds() const { return load_seconds_; }
+
+ private:
+  PipelineJobRunner() = default;
+
+  PipelineOptions options_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<TextToVideoPipeline> pipeline_;
+  RunnerCapabilities capabilities_;
+  double load_seconds_ = 0.0;
+};
+
+// The model name a folder announces: its last path component ("models/tiny" -> "tiny").
+std::string ModelNameOfPath(const std::string& model_path);
+
+}  // namespace zoetrope

@@ -1,0 +1,86 @@
+// zoetrope-mkweights-text: deterministic random umT5 text-encoder weights for any config.
+//
+//   zoetrope-mkweights-text --config tiny --seed 0 -o models/tiny/text_encoder.safetensors
+//   zoetrope-mkweights-text --config umt5-xxl --dtype bf16 --hf-names -o /data/wan/text_encoder/model.safetensors
+//
+// The stand-in tokenizer that goes with the tiny config: scripts/build-tokenizer.sh OUT_DIR.
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "worker/cli/progress_bar.h"
+#include "worker/engine/umt5_random_weights.h"
+
+ABSL_FLAG(std::string, config, "tiny", "text encoder config: tiny or umt5-xxl");
+ABSL_FLAG(uint64_t, seed, 0, "random seed; the same seed gives the same weights everywhere");
+ABSL_FLAG(std::string, o, "", "output .safetensors path");
+ABSL_FLAG(bool, hf_names, false, "use HF UMT5EncoderModel key names instead of Wan's T5Encoder ones");
+ABSL_FLAG(std::string, dtype, "f32", "stored dtype: f32, bf16 or f16");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Writes deterministic random umT5 encoder weights: --config tiny|umt5-xxl --seed S -o FILE [--hf-names]");
+  // Abseil flag names cannot contain '-': accept the documented spelling --hf-names for --hf_names.
+  std::vector<std::string> arguments(argv, argv + argc);
+  std::vector<char*> rewritten;
+  for (std::string& argument : arguments) {
+    if (argument.rfind("--", 0) == 0) {
+      for (size_t i = 2; i < argument.size() && argument[i] != '='; ++i) {
+        if (argument[i] == '-') argument[i] = '_';
+      }
+    }
+    rewritten.push_back(argument.data());
+  }
+  absl::ParseCommandLine(static_cast<int>(rewritten.size()), rewritten.data());
+  const std::string output = absl::GetFlag(FLAGS_o);
+  if (output.empty()) {
+    std::fprintf(stderr, "zoetrope-mkweights-text: -o FILE is required\n");
+    return 2;
+  }
+  absl::StatusOr<zoetrope::Umt5Config> config = zoetrope::Umt5ConfigByName(absl::GetFlag(FLAGS_config));
+  if (!config.ok()) {
+    std::fprintf(stderr, "zoetrope-mkweights-text: --config: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  zoetrope::Umt5RandomWeightsOptions options;
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.naming = absl::GetFlag(FLAGS_hf_names) ? zoetrope::Umt5Naming::kHuggingFace : zoetrope::Umt5Naming::kWan;
+  const std::string dtype = absl::AsciiStrToLower(absl::GetFlag(FLAGS_dtype));
+  if (dtype == "f32") {
+    options.dtype = zoetrope::DType::kF32;
+  } else if (dtype == "bf16") {
+    options.dtype = zoetrope::DType::kBF16;
+  } else if (dtype == "f16") {
+    options.dtype = zoetrope::DType::kF16;
+  } else {
+    std::fprintf(stderr, "zoetrope-mkweights-text: --dtype must be f32, bf16 or f16 (got \"%s\")\n", dtype.c_str());
+    return 2;
+  }
+
+  const std::filesystem::path parent = std::filesystem::path(output).parent_path();
+  if (!parent.empty()) {
+    std::error_code error;
+    std::filesystem::create_directories(parent, error);
+    if (error) {
+      std::fprintf(stderr, "zoetrope-mkweights-text: %s: %s\n", parent.c_str(), error.message().c_str());
+      return 1;
+    }
+  }
+  const auto tensor_count = static_cast<int64_t>(zoetrope::Umt5Parameters(*config).size());
+  zoetrope::ProgressBar bar(absl::StrCat("mkweights-text ", config->name), tensor_count, "tensors");
+  absl::Status status = zoetrope::WriteRandomUmt5Weights(
+      *config, options, output, [&](size_t done, size_t) { bar.Update(static_cast<int64_t>(done)); });
+  if (!status.ok()) {
+    std::fprintf(stderr, "zoetrope-mkweights-text: %s\n", std::string(status.message()).c_str());
+    return 1;
+  }
+  bar.Finish();
+  std::printf("%s\n", output.c_str());
+  return 0;
+}

@@ -1,0 +1,100 @@
+// zoetrope-worker: loads a model once, connects to the scheduler, runs one job at a time.
+//
+//   zoetrope-worker --scheduler scheduler:50051 --model /models/wan2.1-t2v-1.3b --metrics_port 9465
+//
+// SIGTERM drains: no new jobs, the running job finishes (or is handed back after --drain_timeout), exit 0.
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "server/log.h"
+#include "server/metrics.h"
+#include "server/signals.h"
+#include "worker/pipeline_job_runner.h"
+#include "worker/worker_agent.h"
+#include "worker/worker_metrics.h"
+
+ABSL_FLAG(std::string, scheduler, "127.0.0.1:50051", "scheduler address (host:port)");
+ABSL_FLAG(std::string, model, "models/tiny", "model folder: DiT, text encoder, VAE and tokenizer");
+ABSL_FLAG(std::string, model_name, "", "model name announced to the scheduler (default: the folder's name)");
+ABSL_FLAG(std::string, worker_id, "", "worker id, stable across reconnects (default: <hostname>-<pid>)");
+ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N");
+ABSL_FLAG(int32_t, threads, 0, "CPU threads for the cpu device (0 = all cores)");
+ABSL_FLAG(int64_t, vae_chunk_frames, 1, "latent frames per VAE decode chunk (bounds memory; 0 = all at once)");
+ABSL_FLAG(int64_t, max_tokens, 0, "largest latent token count accepted (0: the backend's default)");
+ABSL_FLAG(std::string, work_dir, "", "folder for results before upload (default: the system temp folder)");
+ABSL_FLAG(int32_t, metrics_port, 9465, "port of /metrics (0 picks a free one, -1 disables it)");
+ABSL_FLAG(std::string, metrics_host, "0.0.0.0", "address /metrics listens on");
+ABSL_FLAG(absl::Duration, reconnect_max_backoff, absl::Seconds(5), "longest wait between reconnect attempts");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Minutes(10),
+          "on SIGTERM, a job still running after this long is handed back to the scheduler");
+
+namespace zoetrope {
+
+int WorkerMain() {
+  using server::Log;
+  WorkerMetrics metrics;
+  std::unique_ptr<server::MetricsEndpoint> endpoint;
+  if (const int port = absl::GetFlag(FLAGS_metrics_port); port >= 0) {
+    absl::StatusOr<std::unique_ptr<server::MetricsEndpoint>> started =
+        server::MetricsEndpoint::Start(absl::StrCat(absl::GetFlag(FLAGS_metrics_host), ":", port));
+    if (!started.ok()) {
+      std::fprintf(stderr, "zoetrope-worker: %s\n", std::string(started.status().message()).c_str());
+      return 1;
+    }
+    endpoint = std::move(*started);
+    endpoint->Register(metrics.registry());
+  }
+
+  PipelineOptions pipeline;
+  pipeline.model_path = absl::GetFlag(FLAGS_model);
+  pipeline.model_name = absl::GetFlag(FLAGS_model_name);
+  pipeline.threads = absl::GetFlag(FLAGS_threads);
+  pipeline.device = absl::GetFlag(FLAGS_device);
+  pipeline.vae_chunk_frames = absl::GetFlag(FLAGS_vae_chunk_frames);
+  pipeline.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  absl::StatusOr<std::unique_ptr<PipelineJobRunner>> runner = PipelineJobRunner::Create(pipeline);
+  if (!runner.ok()) {
+    std::fprintf(stderr, "zoetrope-worker: %s\n", std::string(runner.status().message()).c_str());
+    return 1;
+  }
+  const RunnerCapabilities capabilities = (*runner)->capabilities();
+  metrics.ModelLoaded(capabilities.models.front(), (*runner)->load_seconds());
+  Log("worker", "model ", capabilities.models.front(), " loaded from ", pipeline.model_path, " in ",
+      absl::StrFormat("%.2f", (*runner)->load_seconds()), " s on ", capabilities.backend,
+      endpoint != nullptr ? absl::StrCat("; /metrics on port ", endpoint->port()) : "");
+
+  WorkerAgentOptions options;
+  options.scheduler_address = absl::GetFlag(FLAGS_scheduler);
+  options.worker_id = absl::GetFlag(FLAGS_worker_id);
+  options.work_directory = absl::GetFlag(FLAGS_work_dir);
+  if (options.work_directory.empty()) options.work_directory = std::filesystem::temp_directory_path().string();
+  options.reconnect_max_backoff = absl::GetFlag(FLAGS_reconnect_max_backoff);
+  options.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  std::error_code error;
+  std::filesystem::create_directories(options.work_directory, error);
+  if (error) {
+    std::fprintf(stderr, "zoetrope-worker: --work_dir %s: %s\n", options.work_directory.c_str(),
+                 error.message().c_str());
+    return 1;
+  }
+  WorkerAgent agent(options, **runner, &metrics);
+  server::WatchTerminationSignals([&agent](int) { agent.Drain(); });
+  agent.Run();
+  return 0;
+}
+
+}  // namespace zoetrope
+
+int main(int argc, char** argv) {
+  zoetrope::server::BlockTerminationSignals();
+  absl::SetProgramUsageMessage("The Zoetrope worker: runs generation jobs it receives from the scheduler.");
+  absl::ParseCommandLine(argc, argv);
+  return zoetrope::WorkerMain();
+}
