@@ -8,13 +8,16 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   # engine
   libopenblas-openmp-dev nlohmann-json3-dev
-  # text encoder: the sentencepiece library (tokenizer) and spm_train (scripts/build-tokenizer.sh)
-  libsentencepiece-dev sentencepiece
+  # text encoder: spm_train (scripts/build-tokenizer.sh) and spm_encode (tests); the tokenizer itself
+  # reads sentencepiece models without the library
+  sentencepiece
   # video output: FFmpeg libraries (Debian 12's libavcodec59 carries the libx264 encoder)
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
   # service and tooling (later layers link these; installing them early keeps one script)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  prometheus-cpp-dev libyaml-cpp-dev libsqlite3-dev
+  prometheus-cpp-dev libyaml-cpp-dev libsqlite3-dev libssl-dev
+  # service tests: a Python gRPC client (stubs generated at test time) and a real Prometheus + promtool
+  python3-grpcio python3-grpc-tools prometheus
   # tests
   libgtest-dev libgmock-dev python3 python3-torch python3-numpy ffmpeg
 )

@@ -20,6 +20,9 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DZOETROPE_SANITIZE=a
 cmake --build build-asan -j"$jobs" --target safetensors_test
 
 echo "== tests =="
+# ctest runs two test processes at once on two cores: OpenMP threads that spin while waiting would
+# steal the other process's core, so they sleep instead.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 status=0
 build-asan/bin/safetensors_test --gtest_brief=1 || status=1
 ctest --test-dir build --output-on-failure -j"$jobs" || status=1

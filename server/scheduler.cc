@@ -31,11 +31,6 @@ constexpr int kDefaultPageSize = 50;
 constexpr int kMaxPageSize = 1000;
 constexpr const char* kPageTokenPrefix = "zoetrope.v1.list:";
 
-bool IsTerminal(v1::JobState state) {
-  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED || state == v1::JOB_STATE_CANCELLED ||
-         state == v1::JOB_STATE_EXPIRED;
-}
-
 std::string NewJobId() {
   static absl::Mutex mutex(absl::kConstInit);
   static absl::BitGen* generator = new absl::BitGen();

@@ -1,6 +1,6 @@
 // zoetrope-scheduler: the public API, the durable queue and the worker endpoint in one process.
 //
-//   zoetrope-scheduler --listen 0.0.0.0:50051 --db /var/lib/zoetrope/jobs.db \
+//   zoetrope-scheduler --listen 0.0.0.0:50051 --db /var/lib/zoetrope/jobs.db
 //       --results_dir /var/lib/zoetrope/results --metrics_port 9464
 //
 // SIGTERM drains (health NOT_SERVING, no new work, running jobs finish within --drain_timeout) and exits 0.

@@ -303,6 +303,16 @@ void WorkerAgent::Serve(const std::shared_ptr<Session>& session) {
 }
 
 void WorkerAgent::Handle(const std::shared_ptr<Session>& session, const v1::SchedulerMessage& message) {
+  if (message.has_assignment()) {
+    // The previous job's thread is done with its job (or stopping it); join it without holding the lock,
+    // which that thread needs to finish.
+    std::thread previous;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (held_ == nullptr) previous = std::move(job_thread_);
+    }
+    if (previous.joinable()) previous.join();
+  }
   absl::MutexLock lock(&mutex_);
   switch (message.kind_case()) {
     case v1::SchedulerMessage::kWelcome:
@@ -372,7 +382,6 @@ void WorkerAgent::StartJob(const std::shared_ptr<Session>& session, const v1::Jo
     session->Write(message);
     return;
   }
-  if (job_thread_.joinable()) job_thread_.join();  // the previous job's thread has finished its work
 
   auto job = std::make_shared<HeldJob>();
   job->job_id = assignment.job_id();

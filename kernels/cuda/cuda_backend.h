@@ -8,7 +8,8 @@
 // epilogue; attention through the project's own kernel (kernels/cuda/attention_kernel.cuh).
 //
 // Execution: one CUDA stream per backend; every call is enqueued on it and returns without waiting,
-// except ToHost and Synchronize. Memory comes from a caching allocator (kernels/cuda/cuda_allocator.h),
+// except ToHost and Synchronize, and the first product of each new large GEMM shape, which times
+// cuBLASLt's candidate algorithms once (a few milliseconds, in the first denoising step only). Memory comes from a caching allocator (kernels/cuda/cuda_allocator.h),
 // so a repeated forward pass allocates no device memory.
 #pragma once
 

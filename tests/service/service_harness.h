@@ -59,7 +59,8 @@ int FreePort();
 // A fresh folder under the test temp folder (TEST_TMPDIR or /tmp).
 std::string MakeTempDirectory(const std::string& prefix);
 
-// Tiny random weights (config "tiny", seed 0) in DIR/tiny, made once per process; returns the folder.
+// A complete tiny random model (scripts/make-model.sh: DiT, umT5, VAE, tokenizer), shared by the tests,
+// linked as DIR/tiny so that workers announce it as "tiny". Empty when it cannot be made.
 std::string TinyModel(const std::string& directory);
 
 // Counts how often `needle` occurs in `text`.
@@ -103,10 +104,12 @@ class ServiceCluster {
   int scheduler_starts_ = 0;
 };
 
-// A small job: 128×128×17 at `steps` steps (a fraction of a second per step on one core).
+// A small job: one 128×128 frame (milliseconds per step, ~0.1 s to decode).
 zoetrope::v1::SubmitJobRequest SmallRequest(int steps = 2, const std::string& prompt = "a paper boat");
-// A slower job: 256×256×17, about 5× the work per step.
-zoetrope::v1::SubmitJobRequest SlowRequest(int steps);
+// One 256×256 frame: ~10 ms per step, cheap to decode; many steps make a job that runs a while.
+zoetrope::v1::SubmitJobRequest LongRequest(int steps);
+// 256×256×17: ~0.1 s per step (and seconds to decode): for jobs that are stopped before they end.
+zoetrope::v1::SubmitJobRequest SlowStepRequest(int steps);
 
 grpc::Status Submit(zoetrope::v1::VideoService::Stub& stub, const zoetrope::v1::SubmitJobRequest& request,
                     zoetrope::v1::Job* job);

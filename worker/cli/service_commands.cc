@@ -177,8 +177,10 @@ void PrintJob(const v1::Job& job) {
   }
 }
 
-// Follows a job's events until it finishes. Returns 0 when it SUCCEEDED.
-int WatchUntilDone(v1::VideoService::Stub& stub, const std::string& id) {
+// Follows a job's events until it finishes; returns 0 when it SUCCEEDED. With `submit`, the job is first
+// submitted through Generate (submission and events in one call, so no early step is missed) and its id
+// printed on stdout; a broken stream is then resumed with WatchJob.
+int WatchUntilDone(v1::VideoService::Stub& stub, std::string id, const v1::SubmitJobRequest* submit = nullptr) {
   std::unique_ptr<ProgressBar> bar;
   v1::JobState final_state = v1::JOB_STATE_UNSPECIFIED;
   v1::Job last;
@@ -187,12 +189,22 @@ int WatchUntilDone(v1::VideoService::Stub& stub, const std::string& id) {
   absl::Duration backoff = absl::Milliseconds(200);
   while (true) {
     grpc::ClientContext context;
-    v1::WatchJobRequest request;
-    request.set_id(id);
-    std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader = stub.WatchJob(&context, request);
+    std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader;
+    if (id.empty()) {
+      reader = stub.Generate(&context, *submit);
+    } else {
+      v1::WatchJobRequest request;
+      request.set_id(id);
+      reader = stub.WatchJob(&context, request);
+    }
     v1::JobEvent event;
     while (reader->Read(&event)) {
       last = event.job();
+      if (id.empty()) {
+        id = event.job().id();
+        std::printf("%s\n", id.c_str());
+        std::fflush(stdout);
+      }
       switch (event.kind_case()) {
         case v1::JobEvent::kQueued:
           if (event.queued().position() != last_position) {
@@ -239,6 +251,8 @@ int WatchUntilDone(v1::VideoService::Stub& stub, const std::string& id) {
     }
     const grpc::Status status = reader->Finish();
     if (final_state != v1::JOB_STATE_UNSPECIFIED) break;
+    // Before the job id is known the submission may not have happened: do not submit twice.
+    if (id.empty()) return Fail("submit", status);
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE && absl::Now() < give_up_after) {
       // The scheduler restarts or drains: the job is durable, so wait for it to come back.
       std::fprintf(stderr, "%s: scheduler unavailable (%s); retrying\n", id.c_str(), status.error_message().c_str());
@@ -336,6 +350,7 @@ int RunSubmitCommand(int argc, char** argv) {
     return 2;
   }
   std::unique_ptr<v1::VideoService::Stub> stub = Connect();
+  if (absl::GetFlag(FLAGS_watch) && !absl::GetFlag(FLAGS_json)) return WatchUntilDone(*stub, "", &*request);
   grpc::ClientContext context;
   SetCallDeadline(context);
   v1::Job job;

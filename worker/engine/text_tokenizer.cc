@@ -41,10 +41,9 @@ absl::StatusOr<std::unique_ptr<TextTokenizer>> TextTokenizer::Load(const std::st
   }
   absl::StatusOr<std::string> model_path = ResolveModelPath(path);
   if (!model_path.ok()) return model_path.status();
-  auto model = std::make_unique<internal::SentencePieceModel>();
-  if (std::string error = model->Load(*model_path); !error.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(*model_path, ": not a sentencepiece model: ", error));
-  }
+  absl::StatusOr<std::unique_ptr<internal::SentencePieceModel>> loaded = internal::SentencePieceModel::Load(*model_path);
+  if (!loaded.ok()) return loaded.status();  // names the file
+  std::unique_ptr<internal::SentencePieceModel> model = *std::move(loaded);
   // umT5's conventions are baked into the encoder's training: EOS must be id 1 and padding id 0.
   if (model->EosId() != kEosId) {
     return absl::InvalidArgumentError(absl::StrCat(*model_path, ": EOS id is ", model->EosId(), ", expected ", kEosId,
@@ -64,10 +63,7 @@ absl::StatusOr<TokenizedPrompt> TextTokenizer::Tokenize(absl::string_view prompt
 }
 
 absl::StatusOr<std::vector<int32_t>> TextTokenizer::EncodeContent(const std::string& cleaned_text) const {
-  std::vector<int> ids;
-  if (std::string error = model_->Encode(cleaned_text, &ids); !error.empty()) {
-    return absl::InternalError(absl::StrCat(model_path_, ": sentencepiece encoding failed: ", error));
-  }
+  const std::vector<int> ids = model_->Encode(cleaned_text);
   return std::vector<int32_t>(ids.begin(), ids.end());
 }
 
@@ -89,9 +85,9 @@ absl::StatusOr<TokenizedPrompt> TextTokenizer::TokenizeCleaned(const std::string
 }
 
 absl::StatusOr<std::string> TextTokenizer::Decode(const std::vector<int32_t>& ids) const {
-  std::string text;
-  if (std::string error = model_->Decode(std::vector<int>(ids.begin(), ids.end()), &text); !error.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(model_path_, ": cannot decode ids: ", error));
+  absl::StatusOr<std::string> text = model_->Decode(std::vector<int>(ids.begin(), ids.end()));
+  if (!text.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(model_path_, ": cannot decode ids: ", text.status().message()));
   }
   return text;
 }
