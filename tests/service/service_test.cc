@@ -440,6 +440,25 @@ TEST(ServiceTest, DeadlineExpiresQueuedJob) {
   EXPECT_EQ(expired.error().code_name(), "DEADLINE_EXCEEDED");
 }
 
+TEST(ServiceTest, DeadlineStopsRunningJob) {
+  ServiceCluster cluster("deadline-running");
+  ASSERT_TRUE(cluster.StartScheduler());
+  ASSERT_TRUE(cluster.StartWorker("w1"));
+  v1::SubmitJobRequest request = SlowStepRequest(200);
+  request.mutable_deadline()->set_seconds(2);
+  v1::Job job;
+  ASSERT_TRUE(Submit(cluster.stub(), request, &job).ok());
+  const v1::Job final_job = WaitForTerminal(cluster.stub(), job.id(), absl::Seconds(60));
+  EXPECT_EQ(final_job.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(final_job.error().code_name(), "DEADLINE_EXCEEDED");
+  EXPECT_GE(final_job.progress().step(), 1);
+  EXPECT_LT(final_job.progress().step(), 200);
+  // The worker stopped and is free for the next job.
+  v1::Job next;
+  ASSERT_TRUE(Submit(cluster.stub(), SmallRequest(1), &next).ok());
+  EXPECT_EQ(WaitForTerminal(cluster.stub(), next.id(), kJobTimeout).state(), v1::JOB_STATE_SUCCEEDED);
+}
+
 TEST(ServiceTest, CancelQueuedJobAtOnce) {
   ServiceCluster cluster("cancel-queued");
   ASSERT_TRUE(cluster.StartScheduler({"--models=tiny"}));
@@ -627,6 +646,25 @@ TEST(ServiceTest, WorkerDrainsOnSigterm) {
   const v1::Job done = WaitForTerminal(cluster.stub(), waiting.id(), kJobTimeout);
   EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(done.worker_id(), "w2");
+}
+
+TEST(ServiceTest, DrainingWorkerHandsBackAJobThatRunsTooLong) {
+  ServiceCluster cluster("handback");
+  ASSERT_TRUE(cluster.StartScheduler());
+  ASSERT_TRUE(cluster.StartWorker("w1", {"--drain_timeout=1s"}));
+  v1::Job job;
+  ASSERT_TRUE(Submit(cluster.stub(), SlowStepRequest(200), &job).ok());
+  ASSERT_TRUE(WaitFor([&] { return GetJob(cluster.stub(), job.id())->progress().step() >= 1; }, absl::Seconds(60)));
+  cluster.worker("w1").Signal(SIGTERM);
+  int exit_code = -1;
+  ASSERT_TRUE(cluster.worker("w1").WaitForExit(absl::Seconds(30), &exit_code));
+  EXPECT_EQ(exit_code, 0);
+  const v1::Job handed_back = *GetJob(cluster.stub(), job.id());
+  EXPECT_EQ(handed_back.state(), v1::JOB_STATE_QUEUED) << "handed back, not failed";
+  EXPECT_EQ(handed_back.attempt(), 1);
+  EXPECT_EQ(MetricValue(ScrapeMetrics(cluster.metrics_port()),
+                        "zoetrope_jobs_requeued_total{model=\"tiny\",reason=\"handed_back\"}"),
+            1.0);
 }
 
 TEST(ServiceTest, HundredConcurrentWatchers) {
