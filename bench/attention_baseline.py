@@ -63,14 +63,19 @@ def run_shape(args, heads, tokens, dim, workdir):
     import numpy
     result = {"heads": heads, "tokens": tokens, "dim": dim, "tflop": flops / 1e12, "kernels": {}}
     outputs = {}
-    # "zoetrope": what the backend runs (the 3-stage Hopper wgmma kernel for d = 128); "zoetrope_wgmma2":
-    # its 2-stage variant; "zoetrope_mma": the mma.sync kernel, for reference.
-    for label, choice in (("zoetrope", "auto"), ("zoetrope_wgmma2", "wgmma2"), ("zoetrope_mma", "mma")):
+    # "zoetrope": what the backend runs (the two-stage Hopper wgmma kernel for d = 128); "zoetrope_wgmma3"
+    # and "zoetrope_pingpong": its three-stage variants; "zoetrope_mma": the mma.sync kernel.
+    for label, choice in (("zoetrope", "auto"), ("zoetrope_wgmma3", "wgmma3"), ("zoetrope_pingpong", "pingpong"),
+                          ("zoetrope_mma", "mma")):
         path = os.path.join(workdir, f"o_{choice}.bin")
         command = [args.bench, f"--heads={heads}", f"--queries={tokens}", f"--dim={dim}", f"--inputs={workdir}",
                    f"--output={path}", f"--iterations={args.iterations}", f"--warmup={args.warmup}",
                    f"--kernel={choice}"]
-        completed = subprocess.run(command, capture_output=True, text=True)
+        try:
+            completed = subprocess.run(command, capture_output=True, text=True, timeout=args.kernel_timeout)
+        except subprocess.TimeoutExpired:
+            result["kernels"][label] = {"error": f"timed out after {args.kernel_timeout} s"}
+            continue
         if completed.returncode != 0:
             result["kernels"][label] = {"error": (completed.stderr or completed.stdout)[-300:]}
             continue
@@ -138,8 +143,9 @@ def main():
     parser.add_argument("--shapes", default="12x32760,40x75600", help="HEADSxTOKENS,...")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--skip-flex", action="store_true")
+    parser.add_argument("--kernel-timeout", type=int, default=90, help="seconds per run of our binary")
     parser.add_argument("--commit", default=os.environ.get("ZOETROPE_COMMIT", "unknown"))
     args = parser.parse_args()
 

@@ -34,7 +34,7 @@ ABSL_FLAG(int, warmup, 5, "untimed launches");
 ABSL_FLAG(int, iterations, 20, "timed launches");
 ABSL_FLAG(double, density, 1.0, "< 1: random block-sparse layout (128x128 blocks, shared by all heads)");
 ABSL_FLAG(uint64_t, seed, 0, "seed of random inputs and layouts");
-ABSL_FLAG(std::string, kernel, "auto", "auto (Hopper wgmma kernel where it applies) or mma (the mma.sync kernel)");
+ABSL_FLAG(std::string, kernel, "auto", "auto (Hopper wgmma kernel where it applies), wgmma3, pingpong, or mma (the mma.sync kernel)");
 
 namespace {
 

@@ -35,6 +35,7 @@ ABSL_FLAG(std::string, latent, "16,21,60,104", "latent shape C,F,H,W (480p/81 fr
 ABSL_FLAG(int, text_tokens, 128, "prompt tokens before padding to text_len");
 ABSL_FLAG(int, warmup, 1, "untimed forwards");
 ABSL_FLAG(int, iterations, 3, "timed forwards");
+ABSL_FLAG(bool, reuse_weights, false, "keep random weights already in --workdir from an earlier run");
 ABSL_FLAG(bool, profile, false, "after timing, one more forward with per-operator times (to stderr)");
 
 namespace {
@@ -68,6 +69,9 @@ absl::Status Run() {
     if (!config.ok()) return config.status();
     std::filesystem::create_directories(absl::GetFlag(FLAGS_workdir));
     weights = absl::GetFlag(FLAGS_workdir) + "/" + config->name + ".safetensors";
+  }
+  if (absl::GetFlag(FLAGS_weights).empty() && !(absl::GetFlag(FLAGS_reuse_weights) && std::filesystem::exists(weights))) {
+    absl::StatusOr<WanDitConfig> config = WanDitConfigByName(absl::GetFlag(FLAGS_config));
     RandomWeightsOptions options;
     options.dtype = DType::kBF16;
     const auto start = std::chrono::steady_clock::now();

@@ -1,21 +1,24 @@
-// Prometheus plumbing shared by the scheduler and the worker: the /metrics HTTP endpoint
-// (prometheus-cpp's civetweb exposer) and the duration buckets every latency histogram uses.
+// Prometheus plumbing shared by the scheduler and the worker: the /metrics HTTP endpoint and the
+// duration buckets every latency histogram uses.
+//
+// The endpoint is a small HTTP/1.1 server of our own on one thread, not prometheus-cpp's civetweb
+// exposer: civetweb starts its threads with a fixed small stack, and a process that also links
+// cuBLASLt (which carries ~94 KiB of static TLS) cannot create them, so the CUDA worker had no /metrics.
 //
 // Naming (design.md): prefix zoetrope_, base units (seconds, bytes, joules), _total on counters,
 // low-cardinality labels only (model, state, priority, method, code, reason), never job ids.
 #pragma once
 
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "prometheus/collectable.h"
 #include "prometheus/histogram.h"
-
-namespace prometheus {
-class Exposer;
-}
 
 namespace zoetrope::server {
 
@@ -38,8 +41,16 @@ class MetricsEndpoint {
 
  private:
   MetricsEndpoint() = default;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  void Serve();
+  void Answer(int connection);
+  std::string Scrape();
+
+  int listener_ = -1;
   int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+  std::mutex mutex_;  // guards collectables_
+  std::vector<std::weak_ptr<prometheus::Collectable>> collectables_;
 };
 
 }  // namespace zoetrope::server

@@ -2,10 +2,9 @@
 // shared memory, completion on mbarriers, and warpgroup MMAs (wgmma) with fp32 accumulators.
 //
 // Thread block: 2 warpgroups (256 threads), 128 query rows (64 per warpgroup), key/value tiles of 128
-// rows, three stages. Thread 0 also acts as the producer: it issues the TMA copies of Q, and, while its
-// warpgroup works on tile j, of K/V tile j + 2 into the stage that tile j − 1 occupied, once both
-// warpgroups released it ("empty" barrier). Refilling the stage of the previous tile rather than of the
-// current one gives the other warpgroup a tile of slack before the producer waits for it.
+// rows, two stages (a three-stage variant is kept for comparison). Thread 0 also acts as the producer:
+// it issues the TMA copies of Q, and of K/V tile j + 2 into the stage that tile j occupied once both
+// warpgroups released it ("empty" barrier).
 //
 // Per warpgroup and tile j, the tensor cores run back to back: O += P_j·V_j (A = P from registers) and
 // S_{j+1} = Q·K_{j+1}ᵀ (both operands in shared memory) are issued together; while the warpgroup then
@@ -201,9 +200,10 @@ struct HopperArguments {
   int layout_groups, layout_row_length, layout_max_entries, layout_key_block;
 };
 
-// kStages = 3 with kLazyRefill: tile j + 2 goes into the stage of tile j − 1 (the default).
-// kStages = 2 without: tile j + 2 goes into the stage of tile j as soon as both warpgroups released it.
-template <int kStages, bool kLazyRefill>
+// kStages = 2 without kLazyRefill (the default): tile j + 2 goes into the stage of tile j as soon as both
+// warpgroups released it. kStages = 3 with kLazyRefill: tile j + 2 goes into the stage of tile j − 1.
+// kPingPong: the warpgroups alternate issuing their products (below).
+template <int kStages, bool kLazyRefill, bool kPingPong>
 __global__ void __launch_bounds__(kThreads, 1)
     AttentionHopperKernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                           const __grid_constant__ CUtensorMap v_map, const HopperArguments arguments) {
@@ -342,10 +342,26 @@ __global__ void __launch_bounds__(kThreads, 1)
     FenceRegisters(scores);
     softmax(tile_key_begin(0));
   }
+  // Ping-pong: the two warpgroups take turns issuing their products (named barriers 3 and 4), so one's
+  // softmax runs while the other's matrix products occupy the tensor cores. Warpgroup 1 lets warpgroup 0
+  // go first; warpgroup 0 takes one extra turn after the loop to balance that arrival.
+  const int my_turn = 3 + warpgroup, other_turn = 4 - warpgroup;
+  if (kPingPong && warpgroup == 1 && tile_count > 0) asm volatile("bar.arrive 3, 256;\n" ::: "memory");
   for (int tile = 0; tile < tile_count; ++tile) {
     const int stage = tile % kStages;
     const uint32_t parity = (tile / kStages) & 1;
+    const bool more = tile + 1 < tile_count;
+    // S for the next tile. After the last tile this recomputes S of the current (loaded) tile and
+    // discards it: one extra Q·Kᵀ per block, which keeps every wgmma out of divergent code (ptxas would
+    // otherwise serialise all of them, C7520).
+    const int score_tile = more ? tile + 1 : tile;  // the current tile's barrier phase has completed
+    const int score_stage = score_tile % kStages;
     BarrierWait(&shared.v_full[stage], parity);
+    if constexpr (kPingPong) {
+      // Wait for both tiles before taking the turn, so a turn is never held while waiting for a copy.
+      BarrierWait(&shared.k_full[score_stage], (score_tile / kStages) & 1);
+      asm volatile("bar.sync %0, 256;\n" ::"r"(my_turn) : "memory");
+    }
     FenceRegisters(output);
     WgmmaFence();
 #pragma unroll
@@ -355,17 +371,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       WgmmaPV(output, probabilities[step], b);
     }
     WgmmaCommit();
-    const bool more = tile + 1 < tile_count;
-    // S for the next tile. After the last tile this recomputes S of the current (loaded) tile and
-    // discards it: one extra Q·Kᵀ per block, which keeps every wgmma out of divergent code (ptxas would
-    // otherwise serialise all of them, C7520).
-    const int score_tile = more ? tile + 1 : tile;  // the current tile's barrier phase has completed
-    const int score_stage = score_tile % kStages;
-    BarrierWait(&shared.k_full[score_stage], (score_tile / kStages) & 1);
+    // Without ping-pong, O += P·V already runs while this waits for the next K tile.
+    if constexpr (!kPingPong) BarrierWait(&shared.k_full[score_stage], (score_tile / kStages) & 1);
     FenceRegisters(scores);
     WgmmaFence();
     issue_scores(score_stage);
     WgmmaCommit();
+    if (kPingPong) asm volatile("bar.arrive %0, 256;\n" ::"r"(other_turn) : "memory");
     WgmmaWait<0>();
     FenceRegisters(output);
     FenceRegisters(scores);
@@ -385,6 +397,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if (more) softmax(tile_key_begin(tile + 1));
   }
+
+  if (kPingPong && warpgroup == 0 && tile_count > 0) asm volatile("bar.sync 3, 256;\n" ::: "memory");
 
   // Normalise, stage this warpgroup's 64 rows as bf16 in its part of the Q tile (same swizzled layout),
   // then 16-byte stores of the rows that exist.
@@ -495,10 +509,14 @@ bool LaunchAttentionHopper(const AttentionArguments& arguments, cudaStream_t str
     ZCUDA_CHECK_LAUNCH();
   };
   const char* choice = std::getenv("ZOETROPE_ATTENTION_KERNEL");
-  if (choice != nullptr && std::strcmp(choice, "wgmma2") == 0) {
-    launch(AttentionHopperKernel<2, false>, sizeof(SharedStorage<2>));
+  // Default: two stages, eager refill. On H100 the three variants were within run-to-run noise of each
+  // other (±5 %); the two-stage one was ahead in the latest comparison (bench/README.md).
+  if (choice != nullptr && std::strcmp(choice, "wgmma3") == 0) {
+    launch(AttentionHopperKernel<3, true, false>, sizeof(SharedStorage<3>));
+  } else if (choice != nullptr && std::strcmp(choice, "pingpong") == 0) {
+    launch(AttentionHopperKernel<3, true, true>, sizeof(SharedStorage<3>));
   } else {
-    launch(AttentionHopperKernel<3, true>, sizeof(SharedStorage<3>));
+    launch(AttentionHopperKernel<2, false, false>, sizeof(SharedStorage<2>));
   }
   return true;
 }

@@ -57,8 +57,8 @@ bool AttentionSupportsHeadDim(int head_dim);
 // Two implementations compute the same function: a Hopper one (TMA + wgmma, attention_hopper.cu) for
 // head dim 128 and layouts with key blocks that are multiples of 128, and the mma.sync one
 // (attention_kernel.cu) for everything else. The environment variable ZOETROPE_ATTENTION_KERNEL=mma
-// forces the mma.sync kernel and =wgmma2 the two-stage Hopper variant (tests and benchmarks compare
-// them); "auto" or unset picks.
+// forces the mma.sync kernel, =wgmma3 the three-stage Hopper variant and =pingpong the three-stage one
+// whose warpgroups alternate (tests and benchmarks compare them); "auto" or unset picks.
 void LaunchAttention(const AttentionArguments& arguments, cudaStream_t stream);
 
 // The Hopper kernel alone; returns false (and launches nothing) for arguments it does not handle.

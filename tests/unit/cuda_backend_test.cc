@@ -381,9 +381,9 @@ std::vector<double> ReferenceAttention(const Tensor& q, const Tensor& k, const T
   return out;
 }
 
-// Every attention implementation: the mma.sync kernel, the two-stage Hopper variant, and "auto" (the
-// three-stage Hopper kernel where it applies).
-constexpr const char* kAttentionKernels[] = {"mma", "wgmma2", "auto"};
+// Every attention implementation: the mma.sync kernel, the Hopper variants (three-stage, ping-pong), and
+// "auto" (the default two-stage Hopper kernel where it applies).
+constexpr const char* kAttentionKernels[] = {"mma", "wgmma3", "pingpong", "auto"};
 
 // Selects the attention implementation for the scope (kernels/cuda/attention_kernel.cuh).
 class ScopedAttentionKernel {
