@@ -2,16 +2,24 @@
 # Run HERE (not on the GPU machine): builds the CUDA test and benchmark binaries for sm_90a and packs
 # them with the Debian libraries they need into build-cuda-carry/ (git-ignored by /build*/), the one
 # folder to name in the device run's `carry`.
-#   scripts/device/pack-cuda.sh [BUILD_DIR]      (default build-cuda)
+#   scripts/device/pack-cuda.sh [--pipeline] [BUILD_DIR]      (default build-cuda)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+# --pipeline: also the CLI and the weight writers, and a tiny model folder, for scripts/device/pipeline-check.sh
+pipeline=false
+if [ "${1:-}" = "--pipeline" ]; then pipeline=true; shift; fi
 build=${1:-$root/build-cuda}
 carry=$root/build-cuda-carry
 cmake -S "$root" -B "$build" -G Ninja -DZOETROPE_CUDA=ON >/dev/null
-ninja -C "$build" -j2 cuda_backend_test zoetrope-attention-bench zoetrope-dit-bench
+binaries=(cuda_backend_test zoetrope-attention-bench zoetrope-dit-bench)
+$pipeline && binaries+=(zoetrope zoetrope-mkweights zoetrope-mkweights-text zoetrope-mkweights-vae)
+ninja -C "$build" -j2 "${binaries[@]}"
 rm -rf "$carry"
 mkdir -p "$carry/bin"
-cp "$build/bin/cuda_backend_test" "$build/bin/zoetrope-attention-bench" "$build/bin/zoetrope-dit-bench" "$carry/bin/"
+for binary in "${binaries[@]}"; do cp "$build/bin/$binary" "$carry/bin/"; done
+if $pipeline; then
+  "$root/scripts/make-model.sh" --size tiny --build-dir "$build" "$carry/models/tiny" >/dev/null
+fi
 strip "$carry"/bin/*
 "$root/../shared/device/collect-libs.sh" "$carry/lib" "$carry"/bin/*
 git -C "$root" rev-parse HEAD > "$carry/commit" 2>/dev/null || echo unknown > "$carry/commit"

@@ -14,6 +14,7 @@
 #include "kernels/backend_factory.h"
 #include "worker/cli/progress_bar.h"
 #include "worker/cli/service_flags.h"
+#include "worker/engine/safetensors.h"
 #include "worker/engine/text_to_video.h"
 #include "worker/engine/video_writer.h"
 
@@ -28,7 +29,7 @@ ABSL_FLAG(double, shift, 5.0, "flow shift of the sigma schedule (> 0)");
 ABSL_FLAG(std::string, sampler, "unipc", "sampler: unipc, dpm++ or euler");
 ABSL_FLAG(uint64_t, seed, 0, "noise seed: the same seed gives the same video");
 ABSL_FLAG(std::string, output, "out/video.mp4", "output: an .mp4 file, a folder of PNG frames, or a .safetensors file");
-ABSL_FLAG(std::string, format, "", "output format: mp4, png or raw (default: from the output name)");
+ABSL_FLAG(std::string, format, "", "output format: mp4, png, raw (decoded frames) or latent (skip the VAE; default: from the output name)");
 ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the cpu device (0 = all cores)");
 ABSL_FLAG(int64_t, vae_chunk_frames, 1, "latent frames per VAE decode chunk (bounds memory; 0 = all at once)");
@@ -67,7 +68,9 @@ absl::Status Generate() {
     return absl::InvalidArgumentError(absl::StrCat("--", valid.message()));
   }
   const std::string output = absl::GetFlag(FLAGS_output);
-  absl::StatusOr<VideoFormat> format = OutputFormat(output);
+  const bool latent_only = absl::GetFlag(FLAGS_format) == "latent";
+  parameters.decode = !latent_only;
+  absl::StatusOr<VideoFormat> format = latent_only ? VideoFormat::kRaw : OutputFormat(output);
   if (!format.ok()) return format.status();
 
   std::string device = absl::GetFlag(FLAGS_device);
@@ -109,6 +112,13 @@ absl::Status Generate() {
   });
   if (!result.ok()) return result.status();
 
+  if (latent_only) {
+    if (absl::Status written = WriteSafetensors(output, {{"latent", result->latent}}); !written.ok()) return written;
+    std::fprintf(stderr, "text %.2f s, denoise %.2f s (%.3f s/step)\n", result->text_seconds, result->denoise_seconds,
+                 result->denoise_seconds / parameters.steps);
+    std::printf("%s\n", output.c_str());
+    return absl::OkStatus();
+  }
   VideoOutputOptions video;
   video.format = *format;
   video.path = output;

@@ -142,7 +142,9 @@ absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
       },
       cancelled);
   if (!latent.ok()) return latent.status();
+  result.latent = backend_.ToHost(*latent);
   result.denoise_seconds = SecondsSince(start);
+  if (!parameters.decode) return result;
 
   if (cancelled != nullptr && cancelled->load()) return absl::CancelledError("cancelled before decoding");
   report(GenerationPhase::kDecoding);

@@ -34,6 +34,7 @@ struct GenerationParameters {
   SamplerKind sampler = SamplerKind::kUniPC;
   uint64_t seed = 0;
   int64_t vae_chunk_frames = 1;  // latent frames per VAE chunk (memory bound); 0 = all at once
+  bool decode = true;            // false: stop after denoising (the result has the latent, no frames)
 };
 
 enum class GenerationPhase { kEncodingText, kDenoising, kDecoding };
@@ -45,7 +46,8 @@ struct GenerationProgress {
 };
 
 struct GenerationResult {
-  Tensor frames;  // host F32 [T, 3, H, W], RGB in [−1, 1]
+  Tensor latent;  // host F32 [16, F, H/8, W/8]: the denoised latent
+  Tensor frames;  // host F32 [T, 3, H, W], RGB in [−1, 1] (undefined when decode is false)
   double text_seconds = 0.0;
   double denoise_seconds = 0.0;
   double decode_seconds = 0.0;

@@ -11,7 +11,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/backend_factory.h"
 #include "parallel/sequence_attention.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/wan_dit.h"
@@ -20,6 +20,7 @@ ABSL_FLAG(std::string, weights, "", "DiT checkpoint: .safetensors file, index.js
 ABSL_FLAG(std::string, inputs, "", "safetensors file with latent, timestep and context");
 ABSL_FLAG(std::string, o, "", "output safetensors file (velocity)");
 ABSL_FLAG(std::string, config, "", "config preset to use when there is no config.json beside the weights");
+ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N");
 
 namespace {
 
@@ -28,7 +29,9 @@ absl::Status Run() {
   if (absl::GetFlag(FLAGS_weights).empty() || absl::GetFlag(FLAGS_inputs).empty() || absl::GetFlag(FLAGS_o).empty()) {
     return absl::InvalidArgumentError("--weights, --inputs and -o are required");
   }
-  std::unique_ptr<Backend> backend = CreateCpuBackend();
+  absl::StatusOr<std::unique_ptr<Backend>> created = CreateBackend(absl::GetFlag(FLAGS_device));
+  if (!created.ok()) return absl::InvalidArgumentError(absl::StrCat("--device: ", created.status().message()));
+  Backend* backend = created->get();
   absl::StatusOr<std::unique_ptr<WanDit>> model =
       WanDit::Load(absl::GetFlag(FLAGS_weights), *backend, absl::GetFlag(FLAGS_config));
   if (!model.ok()) return model.status();
