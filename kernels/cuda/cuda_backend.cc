@@ -370,8 +370,18 @@ class CudaBackend final : public Backend {
                    const BlockSparseLayout* layout) override {
     ZCHECK_MSG(q.rank() == 3 && k.rank() == 3 && v.shape() == k.shape() && q.dim(1) == k.dim(1) && q.dim(2) == k.dim(2),
                "Attention q " << q.DebugString() << " k " << k.DebugString() << " v " << v.DebugString());
-    ZCHECK_MSG(cuda::AttentionSupportsHeadDim(static_cast<int>(q.dim(2))),
-               "Attention head dim " << q.dim(2) << " (the CUDA kernel has 64 and 128)");
+    if (!cuda::AttentionSupportsHeadDim(static_cast<int>(q.dim(2)))) {
+      // The tiled kernel is built for head dims 64 and 128 (the DiT and the text encoder). Other widths
+      // (the VAE's single-head per-frame attention, d = 384) are short sequences: run them through the
+      // plain attention-with-bias kernel with a zero bias, in the inputs' dtype.
+      ZCHECK_MSG(layout == nullptr, "block-sparse attention needs head dim 64 or 128, got " << q.dim(2));
+      DeviceScope scope(device_index_);
+      const Tensor key16 = k.dtype() == q.dtype() ? k : CastOnDevice(k, q.dtype());
+      const Tensor value16 = v.dtype() == q.dtype() ? v : CastOnDevice(v, q.dtype());
+      Tensor zero_bias = New({q.dim(1), q.dim(0), k.dim(0)}, DType::kF32);
+      ZCUDA_CHECK(cudaMemsetAsync(zero_bias.raw_data(), 0, zero_bias.nbytes(), stream_));
+      return AttentionWithBias(q, key16, value16, zero_bias, scale);
+    }
     ZCHECK(q.dim(0) <= 0x7fffffff && k.dim(0) <= 0x7fffffff);
     CheckOnDevice(q, "Attention");
     CheckOnDevice(k, "Attention");

@@ -11,7 +11,8 @@ if [ "${1:-}" = "--pipeline" ]; then pipeline=true; shift; fi
 build=${1:-$root/build-cuda}
 carry=$root/build-cuda-carry
 cmake -S "$root" -B "$build" -G Ninja -DZOETROPE_CUDA=ON >/dev/null
-binaries=(cuda_backend_test zoetrope-attention-bench zoetrope-dit-bench)
+binaries=(cuda_backend_test zoetrope-dit-bench)
+$pipeline || binaries+=(zoetrope-attention-bench)
 $pipeline && binaries+=(zoetrope zoetrope-mkweights zoetrope-mkweights-text zoetrope-mkweights-vae)
 ninja -C "$build" -j2 "${binaries[@]}"
 rm -rf "$carry"
@@ -24,3 +25,11 @@ strip "$carry"/bin/*
 "$root/../shared/device/collect-libs.sh" "$carry/lib" "$carry"/bin/*
 git -C "$root" rev-parse HEAD > "$carry/commit" 2>/dev/null || echo unknown > "$carry/commit"
 du -sh "$carry"
+# The Debian libraries (FFmpeg's codecs, OpenBLAS, ICU, gRPC) are ~230 MiB: compressed they fit the
+# 64 MiB a device run may carry. Carry build-cuda-pack and unpack it there first:
+#   mkdir -p build-cuda-carry && tar -C build-cuda-carry -xJf build-cuda-pack/carry.tar.xz
+if $pipeline; then
+  mkdir -p "$root/build-cuda-pack"
+  tar -C "$carry" -cf - . | xz -9e -T2 > "$root/build-cuda-pack/carry.tar.xz"
+  du -sh "$root/build-cuda-pack"
+fi
