@@ -3,15 +3,14 @@
 //   zoetrope-mkweights --config tiny --seed 0 -o models/tiny/diffusion_pytorch_model.safetensors
 //   zoetrope-mkweights --config wan2.1-t2v-1.3b --dtype bf16 --diffusers -o /data/wan13b/transformer/model.safetensors
 #include <cstdio>
-#include <filesystem>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "worker/cli/progress_bar.h"
+#include "worker/tools/weights_tool.h"
 #include "worker/engine/wan_random_weights.h"
 #include "worker/engine/wan_weights.h"
 
@@ -41,26 +40,16 @@ int main(int argc, char** argv) {
   options.seed = absl::GetFlag(FLAGS_seed);
   options.naming = absl::GetFlag(FLAGS_diffusers) ? zoetrope::WeightNaming::kDiffusers
                                                    : zoetrope::WeightNaming::kOriginal;
-  const std::string dtype = absl::AsciiStrToLower(absl::GetFlag(FLAGS_dtype));
-  if (dtype == "f32") {
-    options.dtype = zoetrope::DType::kF32;
-  } else if (dtype == "bf16") {
-    options.dtype = zoetrope::DType::kBF16;
-  } else if (dtype == "f16") {
-    options.dtype = zoetrope::DType::kF16;
-  } else {
-    std::fprintf(stderr, "zoetrope-mkweights: --dtype must be f32, bf16 or f16 (got \"%s\")\n", dtype.c_str());
+  absl::StatusOr<zoetrope::DType> dtype = zoetrope::ParseStoredDType(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) {
+    std::fprintf(stderr, "zoetrope-mkweights: %s\n", std::string(dtype.status().message()).c_str());
     return 2;
   }
+  options.dtype = *dtype;
 
-  const std::filesystem::path parent = std::filesystem::path(output).parent_path();
-  if (!parent.empty()) {
-    std::error_code error;
-    std::filesystem::create_directories(parent, error);
-    if (error) {
-      std::fprintf(stderr, "zoetrope-mkweights: %s: %s\n", parent.c_str(), error.message().c_str());
-      return 1;
-    }
+  if (absl::Status created = zoetrope::CreateParentDirectory(output); !created.ok()) {
+    std::fprintf(stderr, "zoetrope-mkweights: %s\n", std::string(created.message()).c_str());
+    return 1;
   }
   const auto tensor_count = static_cast<int64_t>(zoetrope::WanDitParameters(*config).size());
   zoetrope::ProgressBar bar(absl::StrCat("mkweights ", config->name), tensor_count, "tensors");

@@ -5,16 +5,15 @@
 //
 // The stand-in tokenizer that goes with the tiny config: scripts/build-tokenizer.sh OUT_DIR.
 #include <cstdio>
-#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "worker/cli/progress_bar.h"
+#include "worker/tools/weights_tool.h"
 #include "worker/engine/umt5_random_weights.h"
 
 ABSL_FLAG(std::string, config, "tiny", "text encoder config: tiny or umt5-xxl");
@@ -51,26 +50,16 @@ int main(int argc, char** argv) {
   zoetrope::Umt5RandomWeightsOptions options;
   options.seed = absl::GetFlag(FLAGS_seed);
   options.naming = absl::GetFlag(FLAGS_hf_names) ? zoetrope::Umt5Naming::kHuggingFace : zoetrope::Umt5Naming::kWan;
-  const std::string dtype = absl::AsciiStrToLower(absl::GetFlag(FLAGS_dtype));
-  if (dtype == "f32") {
-    options.dtype = zoetrope::DType::kF32;
-  } else if (dtype == "bf16") {
-    options.dtype = zoetrope::DType::kBF16;
-  } else if (dtype == "f16") {
-    options.dtype = zoetrope::DType::kF16;
-  } else {
-    std::fprintf(stderr, "zoetrope-mkweights-text: --dtype must be f32, bf16 or f16 (got \"%s\")\n", dtype.c_str());
+  absl::StatusOr<zoetrope::DType> dtype = zoetrope::ParseStoredDType(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) {
+    std::fprintf(stderr, "zoetrope-mkweights-text: %s\n", std::string(dtype.status().message()).c_str());
     return 2;
   }
+  options.dtype = *dtype;
 
-  const std::filesystem::path parent = std::filesystem::path(output).parent_path();
-  if (!parent.empty()) {
-    std::error_code error;
-    std::filesystem::create_directories(parent, error);
-    if (error) {
-      std::fprintf(stderr, "zoetrope-mkweights-text: %s: %s\n", parent.c_str(), error.message().c_str());
-      return 1;
-    }
+  if (absl::Status created = zoetrope::CreateParentDirectory(output); !created.ok()) {
+    std::fprintf(stderr, "zoetrope-mkweights-text: %s\n", std::string(created.message()).c_str());
+    return 1;
   }
   const auto tensor_count = static_cast<int64_t>(zoetrope::Umt5Parameters(*config).size());
   zoetrope::ProgressBar bar(absl::StrCat("mkweights-text ", config->name), tensor_count, "tensors");

@@ -3,14 +3,13 @@
 //   zoetrope-mkweights-vae --config tiny --seed 0 -o models/tiny/vae.safetensors
 //   zoetrope-mkweights-vae --config wan2.1-vae --diffusers -o /data/wan13b/vae/diffusion_pytorch_model.safetensors
 #include <cstdio>
-#include <filesystem>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/ascii.h"
 #include "worker/engine/wan_vae_random_weights.h"
+#include "worker/tools/weights_tool.h"
 
 ABSL_FLAG(std::string, config, "tiny", "VAE config: tiny or wan2.1-vae");
 ABSL_FLAG(uint64_t, seed, 0, "random seed; the same seed gives the same weights everywhere");
@@ -36,25 +35,15 @@ int main(int argc, char** argv) {
   options.seed = absl::GetFlag(FLAGS_seed);
   options.naming =
       absl::GetFlag(FLAGS_diffusers) ? zoetrope::WeightNaming::kDiffusers : zoetrope::WeightNaming::kOriginal;
-  const std::string dtype = absl::AsciiStrToLower(absl::GetFlag(FLAGS_dtype));
-  if (dtype == "f32") {
-    options.dtype = zoetrope::DType::kF32;
-  } else if (dtype == "bf16") {
-    options.dtype = zoetrope::DType::kBF16;
-  } else if (dtype == "f16") {
-    options.dtype = zoetrope::DType::kF16;
-  } else {
-    std::fprintf(stderr, "zoetrope-mkweights-vae: --dtype must be f32, bf16 or f16 (got \"%s\")\n", dtype.c_str());
+  absl::StatusOr<zoetrope::DType> dtype = zoetrope::ParseStoredDType(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) {
+    std::fprintf(stderr, "zoetrope-mkweights-vae: %s\n", std::string(dtype.status().message()).c_str());
     return 2;
   }
-  const std::filesystem::path parent = std::filesystem::path(output).parent_path();
-  if (!parent.empty()) {
-    std::error_code error;
-    std::filesystem::create_directories(parent, error);
-    if (error) {
-      std::fprintf(stderr, "zoetrope-mkweights-vae: %s: %s\n", parent.c_str(), error.message().c_str());
-      return 1;
-    }
+  options.dtype = *dtype;
+  if (absl::Status created = zoetrope::CreateParentDirectory(output); !created.ok()) {
+    std::fprintf(stderr, "zoetrope-mkweights-vae: %s\n", std::string(created.message()).c_str());
+    return 1;
   }
   if (absl::Status status = zoetrope::WriteRandomWanVaeWeights(*config, options, output); !status.ok()) {
     std::fprintf(stderr, "zoetrope-mkweights-vae: %s\n", std::string(status.message()).c_str());
