@@ -78,7 +78,11 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Times Zoetrope's attention kernel on one shape; prints JSON");
   absl::ParseCommandLine(argc, argv);
   const std::string kernel = absl::GetFlag(FLAGS_kernel);
-  setenv("ZOETROPE_ATTENTION_KERNEL", kernel.c_str(), 1);  // read by LaunchAttention
+  zoetrope::cuda::AttentionImplementation kernel_choice = zoetrope::cuda::AttentionImplementation::kAuto;
+  if (!zoetrope::cuda::ParseAttentionImplementation(kernel.c_str(), &kernel_choice)) {
+    std::fprintf(stderr, "--kernel must be auto, mma, wgmma3 or pingpong, got '%s'\n", kernel.c_str());
+    return 2;
+  }
   const int heads = absl::GetFlag(FLAGS_heads), queries = absl::GetFlag(FLAGS_queries), dim = absl::GetFlag(FLAGS_dim);
   const int keys = absl::GetFlag(FLAGS_keys) < 0 ? queries : absl::GetFlag(FLAGS_keys);
   const std::string inputs = absl::GetFlag(FLAGS_inputs);
@@ -103,6 +107,7 @@ int main(int argc, char** argv) {
   arguments.heads = heads;
   arguments.head_dim = dim;
   arguments.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+  arguments.implementation = kernel_choice;
 
   // Optional random block-sparse layout: each query block keeps a `density` fraction of key blocks.
   const double density = absl::GetFlag(FLAGS_density);

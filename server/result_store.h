@@ -17,7 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "server/sha256.h"
+#include "common/sha256.h"
 
 namespace zoetrope::server {
 

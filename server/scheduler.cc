@@ -13,9 +13,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
-#include "server/log.h"
+#include "common/log.h"
+#include "common/time_util.h"
 #include "server/request_validation.h"
-#include "server/time_util.h"
 
 namespace zoetrope::server {
 namespace {

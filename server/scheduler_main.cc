@@ -16,9 +16,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "server/log.h"
+#include "common/log.h"
+#include "common/signals.h"
 #include "server/scheduler_server.h"
-#include "server/signals.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address (host:port; port 0 picks a free one)");
 ABSL_FLAG(std::string, db, "zoetrope-data/jobs.db", "SQLite job store (created when missing; WAL mode)");
@@ -107,7 +107,7 @@ int Main() {
 }  // namespace zoetrope::server
 
 int main(int argc, char** argv) {
-  zoetrope::server::BlockTerminationSignals();
+  zoetrope::BlockTerminationSignals();
   absl::SetProgramUsageMessage("The Zoetrope scheduler: public gRPC API, durable job queue, worker endpoint.");
   absl::ParseCommandLine(argc, argv);
   return zoetrope::server::Main();

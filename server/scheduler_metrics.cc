@@ -1,6 +1,6 @@
 #include "server/scheduler_metrics.h"
 
-#include "server/metrics.h"
+#include "common/metrics_endpoint.h"
 
 namespace zoetrope::server {
 

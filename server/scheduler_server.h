@@ -8,9 +8,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/metrics_endpoint.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/server.h"
-#include "server/metrics.h"
 #include "server/scheduler.h"
 #include "server/scheduler_metrics.h"
 #include "server/video_service.h"

@@ -1,5 +1,5 @@
 // The JobRunner that runs the text-to-video pipeline: the models are loaded once, each job runs what
-// `zoetrope generate` runs (worker/cli/generate_command.cc): TextToVideoPipeline::Generate (umT5, the
+// `zoetrope generate` runs (cli/generate_command.cc): TextToVideoPipeline::Generate (umT5, the
 // DiT sampling loop with CFG, VAE decode) and WriteVideo. For the same request, seed and model folder
 // the result is the same file `zoetrope generate` writes.
 #pragma once

@@ -12,18 +12,17 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/sha256.h"
+#include "common/time_util.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
-#include "server/log.h"
-#include "server/sha256.h"
-#include "server/time_util.h"
 
 namespace zoetrope {
 namespace {
 
 namespace v1 = zoetrope::v1;
-using server::Log;
 
 constexpr int kCodeOk = 0;
 constexpr int kCodeCancelled = static_cast<int>(absl::StatusCode::kCancelled);
@@ -317,7 +316,7 @@ void WorkerAgent::Handle(const std::shared_ptr<Session>& session, const v1::Sche
   switch (message.kind_case()) {
     case v1::SchedulerMessage::kWelcome:
       if (message.welcome().has_heartbeat_interval()) {
-        heartbeat_interval_ = std::max(server::FromDurationProto(message.welcome().heartbeat_interval()),
+        heartbeat_interval_ = std::max(FromDurationProto(message.welcome().heartbeat_interval()),
                                        absl::Milliseconds(50));
       }
       break;
@@ -428,7 +427,7 @@ void WorkerAgent::RunJob(std::shared_ptr<HeldJob> job) {
     if (output.ok()) {
       completion.set_code(kCodeOk);
       completion.set_result_size_bytes(output->size_bytes);
-      completion.set_result_sha256(server::Sha256OfFile(output->path));
+      completion.set_result_sha256(Sha256OfFile(output->path));
       completion.set_media_type(output->media_type);
       completion.mutable_measurements()->set_denoise_seconds(output->denoise_seconds);
       completion.mutable_measurements()->set_gpu_energy_joules(output->gpu_energy_joules);

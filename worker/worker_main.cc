@@ -13,9 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
-#include "server/log.h"
-#include "server/metrics.h"
-#include "server/signals.h"
+#include "common/log.h"
+#include "common/metrics_endpoint.h"
+#include "common/signals.h"
 #include "worker/pipeline_job_runner.h"
 #include "worker/worker_agent.h"
 #include "worker/worker_metrics.h"
@@ -38,12 +38,11 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Minutes(10),
 namespace zoetrope {
 
 int WorkerMain() {
-  using server::Log;
   WorkerMetrics metrics;
-  std::unique_ptr<server::MetricsEndpoint> endpoint;
+  std::unique_ptr<MetricsEndpoint> endpoint;
   if (const int port = absl::GetFlag(FLAGS_metrics_port); port >= 0) {
-    absl::StatusOr<std::unique_ptr<server::MetricsEndpoint>> started =
-        server::MetricsEndpoint::Start(absl::StrCat(absl::GetFlag(FLAGS_metrics_host), ":", port));
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> started =
+        MetricsEndpoint::Start(absl::StrCat(absl::GetFlag(FLAGS_metrics_host), ":", port));
     if (!started.ok()) {
       std::fprintf(stderr, "zoetrope-worker: %s\n", std::string(started.status().message()).c_str());
       return 1;
@@ -85,7 +84,7 @@ int WorkerMain() {
     return 1;
   }
   WorkerAgent agent(options, **runner, &metrics);
-  server::WatchTerminationSignals([&agent](int) { agent.Drain(); });
+  WatchTerminationSignals([&agent](int) { agent.Drain(); });
   agent.Run();
   return 0;
 }
@@ -93,7 +92,7 @@ int WorkerMain() {
 }  // namespace zoetrope
 
 int main(int argc, char** argv) {
-  zoetrope::server::BlockTerminationSignals();
+  zoetrope::BlockTerminationSignals();
   absl::SetProgramUsageMessage("The Zoetrope worker: runs generation jobs it receives from the scheduler.");
   absl::ParseCommandLine(argc, argv);
   return zoetrope::WorkerMain();

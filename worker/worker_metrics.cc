@@ -1,6 +1,6 @@
 #include "worker/worker_metrics.h"
 
-#include "server/metrics.h"
+#include "common/metrics_endpoint.h"
 
 namespace zoetrope {
 
@@ -45,11 +45,11 @@ WorkerMetrics::WorkerMetrics()
 
 void WorkerMetrics::JobFinished(const std::string& model, const std::string& status, double seconds) {
   jobs_.Add({{"model", model}, {"status", status}}).Increment();
-  job_duration_.Add({{"model", model}}, server::DurationBuckets()).Observe(seconds);
+  job_duration_.Add({{"model", model}}, DurationBuckets()).Observe(seconds);
 }
 
 void WorkerMetrics::StepCompleted(const std::string& model, double seconds) {
-  step_duration_.Add({{"model", model}}, server::DurationBuckets()).Observe(seconds);
+  step_duration_.Add({{"model", model}}, DurationBuckets()).Observe(seconds);
 }
 
 void WorkerMetrics::SetBusy(bool busy) { busy_.Set(busy ? 1 : 0); }

@@ -1,8 +1,8 @@
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/cpu_video_ops.h"
+#include "kernels/cpu/cpu_gemm.h"
 #include "kernels/cpu/cpu_text_ops.h"
+#include "kernels/cpu/cpu_video_ops.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -43,12 +43,9 @@ void ActivateInPlace(float* values, int64_t count, Activation activation) {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) {
-    if (threads > 0) {
-      omp_set_num_threads(threads);
-      openblas_set_num_threads(threads);
-    }
-  }
+  // The count is fixed here, on the creating thread (0: OMP_NUM_THREADS or all cores), because
+  // OpenMP keeps it per thread: a job runs on another thread than the one that built its backend.
+  explicit CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_max_threads()) {}
 
   Device device() const override { return Device::Cpu(); }
   std::string name() const override { return "cpu"; }
@@ -79,6 +76,7 @@ class CpuBackend final : public Backend {
   void Synchronize() override {}
 
   Tensor Linear(const Tensor& x, const Tensor& weight, const Tensor* bias, Activation activation) override {
+    UseConfiguredThreads();
     ZCHECK_MSG(weight.rank() == 2 && x.dim(-1) == weight.dim(1),
                "Linear x " << x.DebugString() << " weight " << weight.DebugString());
     const int64_t inputs = weight.dim(1);
@@ -90,9 +88,8 @@ class CpuBackend final : public Backend {
     out_shape.back() = outputs;
     Tensor y = Tensor::Host(out_shape, DType::kF32);
     if (rows > 0) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(outputs),
-                  static_cast<int>(inputs), 1.0f, x32.data<float>(), static_cast<int>(inputs), w32.data<float>(),
-                  static_cast<int>(inputs), 0.0f, y.data<float>(), static_cast<int>(outputs));
+      cpu::Gemm(cpu::Transpose::kYes, rows, outputs, inputs, 1.0f, x32.data<float>(), inputs, w32.data<float>(), inputs,
+                y.data<float>(), outputs);
     }
     float* out = y.data<float>();
     if (bias != nullptr) {
@@ -109,12 +106,14 @@ class CpuBackend final : public Backend {
   }
 
   Tensor Activate(const Tensor& x, Activation activation) override {
+    UseConfiguredThreads();
     Tensor y = ConvertHost(x, DType::kF32);
     ActivateInPlace(y.data<float>(), y.numel(), activation);
     return ToDType(y, x.dtype());
   }
 
   Tensor Combine(const std::vector<Term>& terms) override {
+    UseConfiguredThreads();
     ZCHECK(!terms.empty());
     const Shape& shape = terms[0].tensor->shape();
     std::vector<Tensor> inputs;
@@ -137,6 +136,7 @@ class CpuBackend final : public Backend {
   }
 
   void AddGated(const Tensor& x, const Tensor& y, const Tensor* gate) override {
+    UseConfiguredThreads();
     ZCHECK_MSG(x.dtype() == DType::kF32 && x.numel() == y.numel(),
                "AddGated x " << x.DebugString() << " y " << y.DebugString());
     const int64_t width = x.dim(-1);
@@ -159,6 +159,7 @@ class CpuBackend final : public Backend {
   }
 
   Tensor LayerNorm(const Tensor& x, const NormParams& params, DType out_dtype) override {
+    UseConfiguredThreads();
     const int64_t width = x.dim(-1);
     const int64_t rows = x.numel() / width;
     Tensor x32 = AsF32(x);
@@ -195,6 +196,7 @@ class CpuBackend final : public Backend {
   }
 
   Tensor RmsNorm(const Tensor& x, const Tensor& weight, float epsilon) override {
+    UseConfiguredThreads();
     const int64_t width = x.dim(-1);
     const int64_t rows = x.numel() / width;
     ZCHECK(weight.numel() == width);
@@ -215,6 +217,7 @@ class CpuBackend final : public Backend {
   }
 
   void ApplyRope(const Tensor& x, const Tensor& cos, const Tensor& sin) override {
+    UseConfiguredThreads();
     ZCHECK_MSG(x.rank() == 3 && x.dtype() == DType::kF32, "ApplyRope x " << x.DebugString());
     const int64_t tokens = x.dim(0), heads = x.dim(1), head_dim = x.dim(2);
     const int64_t pairs = head_dim / 2;
@@ -239,6 +242,7 @@ class CpuBackend final : public Backend {
 
   Tensor Attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                    const BlockSparseLayout* layout) override {
+    UseConfiguredThreads();
     ZCHECK_MSG(q.rank() == 3 && k.rank() == 3 && v.shape() == k.shape() && q.dim(1) == k.dim(1) && q.dim(2) == k.dim(2),
                "Attention q " << q.DebugString() << " k " << k.DebugString() << " v " << v.DebugString());
     const int64_t query_count = q.dim(0), key_count = k.dim(0), heads = q.dim(1), head_dim = q.dim(2);
@@ -254,9 +258,8 @@ class CpuBackend final : public Backend {
         const int64_t row0 = t * tile;
         const int rows = static_cast<int>(std::min(tile, query_count - row0));
         const float* q_tile = q32.data<float>() + row0 * stride + h * head_dim;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, static_cast<int>(key_count),
-                    static_cast<int>(head_dim), scale, q_tile, stride, k32.data<float>() + h * head_dim, stride, 0.0f,
-                    scores.data(), static_cast<int>(key_count));
+        cpu::Gemm(cpu::Transpose::kYes, rows, key_count, head_dim, scale, q_tile, stride,
+                  k32.data<float>() + h * head_dim, stride, scores.data(), key_count);
         if (layout != nullptr) MarkVisitedKeys(*layout, h, t, key_count, &visited_keys);
 #pragma omp parallel for if (rows * key_count > kParallelThreshold)
         for (int r = 0; r < rows; ++r) {
@@ -274,10 +277,8 @@ class CpuBackend final : public Backend {
           const float inverse = sum > 0.0 ? static_cast<float>(1.0 / sum) : 0.0f;
           for (int64_t j = 0; j < key_count; ++j) row[j] *= inverse;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, static_cast<int>(head_dim),
-                    static_cast<int>(key_count), 1.0f, scores.data(), static_cast<int>(key_count),
-                    v32.data<float>() + h * head_dim, stride, 0.0f, out.data<float>() + row0 * stride + h * head_dim,
-                    stride);
+        cpu::Gemm(cpu::Transpose::kNo, rows, head_dim, key_count, 1.0f, scores.data(), key_count,
+                  v32.data<float>() + h * head_dim, stride, out.data<float>() + row0 * stride + h * head_dim, stride);
       }
     }
     return ToDType(out, q.dtype());
@@ -286,28 +287,43 @@ class CpuBackend final : public Backend {
   // ---- video VAE: contracts in kernels/backend.h, implementations in cpu_video_ops.cc.
   Tensor Conv3d(const Tensor& x, const Tensor& weight, const Tensor* bias, int pad_front, int pad_back, int pad_height,
                 int pad_width) override {
+    UseConfiguredThreads();
     return cpu::Conv3d(x, weight, bias, pad_front, pad_back, pad_height, pad_width);
   }
   Tensor ChannelRmsNorm(const Tensor& x, const Tensor& gamma, Activation activation) override {
+    UseConfiguredThreads();
     return cpu::ChannelRmsNorm(x, gamma, activation);
   }
-  Tensor UpsampleNearest2x(const Tensor& x) override { return cpu::UpsampleNearest2x(x); }
+  Tensor UpsampleNearest2x(const Tensor& x) override {
+    UseConfiguredThreads();
+    return cpu::UpsampleNearest2x(x);
+  }
   Tensor SwapAxes(const Tensor& x, int64_t batch, int64_t rows, int64_t columns, int64_t inner) override {
+    UseConfiguredThreads();
     return cpu::SwapAxes(x, batch, rows, columns, inner);
   }
-  Tensor Clamp(const Tensor& x, float minimum, float maximum) override { return cpu::Clamp(x, minimum, maximum); }
+  Tensor Clamp(const Tensor& x, float minimum, float maximum) override {
+    UseConfiguredThreads();
+    return cpu::Clamp(x, minimum, maximum);
+  }
 
   // ---- text encoder: contracts in kernels/backend.h, implementations in cpu_text_ops.cc.
   Tensor GatherRows(const Tensor& table, const Tensor& ids, DType out_dtype) override {
+    UseConfiguredThreads();
     return cpu::GatherRows(table, ids, out_dtype);
   }
   Tensor AttentionWithBias(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
                            float scale) override {
+    UseConfiguredThreads();
     return cpu::AttentionWithBias(q, k, v, bias, scale);
   }
-  Tensor Multiply(const Tensor& a, const Tensor& b) override { return cpu::Multiply(a, b); }
+  Tensor Multiply(const Tensor& a, const Tensor& b) override {
+    UseConfiguredThreads();
+    return cpu::Multiply(a, b);
+  }
 
   Tensor Patchify(const Tensor& latent, int patch_t, int patch_h, int patch_w) override {
+    UseConfiguredThreads();
     ZCHECK_MSG(latent.rank() == 4, "Patchify " << latent.DebugString());
     const int64_t channels = latent.dim(0), frames = latent.dim(1), height = latent.dim(2), width = latent.dim(3);
     ZCHECK(frames % patch_t == 0 && height % patch_h == 0 && width % patch_w == 0);
@@ -338,6 +354,7 @@ class CpuBackend final : public Backend {
 
   Tensor Unpatchify(const Tensor& tokens, int channels, int grid_f, int grid_h, int grid_w, int patch_t, int patch_h,
                     int patch_w) override {
+    UseConfiguredThreads();
     const int64_t columns = static_cast<int64_t>(channels) * patch_t * patch_h * patch_w;
     ZCHECK_MSG(tokens.rank() == 2 && tokens.dim(0) == int64_t{grid_f} * grid_h * grid_w && tokens.dim(1) == columns,
                "Unpatchify " << tokens.DebugString());
@@ -367,6 +384,12 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // Every operation starts here: a calling thread whose OpenMP setting differs from ours (a job
+  // thread, a gRPC thread) is switched to our count, so --threads holds whatever thread runs the model.
+  void UseConfiguredThreads() const {
+    if (omp_get_max_threads() != threads_) omp_set_num_threads(threads_);
+  }
+
   // Expands the CSR row of query tile `tile` (head `head`) into a per-key visited flag.
   static void MarkVisitedKeys(const BlockSparseLayout& layout, int64_t head, int64_t tile, int64_t key_count,
                               std::vector<char>* visited) {
@@ -382,6 +405,8 @@ class CpuBackend final : public Backend {
       for (int64_t j = begin; j < end; ++j) (*visited)[j] = 1;
     }
   }
+
+  const int threads_;
 };
 
 }  // namespace

@@ -1,12 +1,12 @@
 #include "kernels/cpu/cpu_text_ops.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#include "kernels/cpu/cpu_gemm.h"
 
 namespace zoetrope::cpu {
 namespace {
@@ -63,9 +63,8 @@ Tensor AttentionWithBias(const Tensor& q, const Tensor& k, const Tensor& v, cons
   std::vector<float> scores(static_cast<size_t>(query_count * key_count));
   for (int64_t h = 0; h < heads; ++h) {
     // The text encoder's sequences are ≤ 512 tokens, so one head's [Lq, Lk] logits fit at once.
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(query_count), static_cast<int>(key_count),
-                static_cast<int>(head_dim), scale, q32.data<float>() + h * head_dim, stride,
-                k32.data<float>() + h * head_dim, stride, 0.0f, scores.data(), static_cast<int>(key_count));
+    cpu::Gemm(cpu::Transpose::kYes, query_count, key_count, head_dim, scale, q32.data<float>() + h * head_dim, stride,
+              k32.data<float>() + h * head_dim, stride, scores.data(), key_count);
     const float* head_bias = bias.data<float>() + h * query_count * key_count;
 #pragma omp parallel for if (query_count * key_count > kParallelThreshold)
     for (int64_t i = 0; i < query_count; ++i) {
@@ -88,9 +87,8 @@ Tensor AttentionWithBias(const Tensor& q, const Tensor& k, const Tensor& v, cons
       const auto inverse = static_cast<float>(1.0 / sum);
       for (int64_t j = 0; j < key_count; ++j) row[j] *= inverse;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(query_count), static_cast<int>(head_dim),
-                static_cast<int>(key_count), 1.0f, scores.data(), static_cast<int>(key_count),
-                v32.data<float>() + h * head_dim, stride, 0.0f, out.data<float>() + h * head_dim, stride);
+    cpu::Gemm(cpu::Transpose::kNo, query_count, head_dim, key_count, 1.0f, scores.data(), key_count,
+              v32.data<float>() + h * head_dim, stride, out.data<float>() + h * head_dim, stride);
   }
   return ToDType(out, q.dtype());
 }

@@ -1,11 +1,11 @@
 #include "kernels/cpu/cpu_video_ops.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#include "kernels/cpu/cpu_gemm.h"
 
 namespace zoetrope::cpu {
 namespace {
@@ -68,9 +68,8 @@ Tensor Conv3d(const Tensor& x, const Tensor& weight, const Tensor* bias, int pad
     for (int64_t t = 0; t < out_frames; ++t) {
       const int64_t source = t - pad_front;
       if (source < 0 || source >= frames) continue;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(out_channels), static_cast<int>(in_plane),
-                  static_cast<int>(in_channels), 1.0f, w, static_cast<int>(in_channels), in + source * in_frame,
-                  static_cast<int>(in_plane), 0.0f, out + t * out_frame, static_cast<int>(out_plane));
+      cpu::Gemm(cpu::Transpose::kNo, out_channels, in_plane, in_channels, 1.0f, w, in_channels, in + source * in_frame,
+                in_plane, out + t * out_frame, out_plane);
     }
   } else {
     const int64_t tile_rows =
@@ -113,9 +112,8 @@ Tensor Conv3d(const Tensor& x, const Tensor& weight, const Tensor* bias, int pad
             std::memset(line + j_end, 0, sizeof(float) * static_cast<size_t>(out_width - j_end));
           }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(out_channels), static_cast<int>(count),
-                    static_cast<int>(reduction), 1.0f, w, static_cast<int>(reduction), column_data,
-                    static_cast<int>(count), 0.0f, out + t * out_frame + row0 * out_width, static_cast<int>(out_plane));
+        cpu::Gemm(cpu::Transpose::kNo, out_channels, count, reduction, 1.0f, w, reduction, column_data, count,
+                  out + t * out_frame + row0 * out_width, out_plane);
       }
     }
   }

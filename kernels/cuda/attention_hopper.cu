@@ -20,8 +20,6 @@
 #include <cuda.h>
 #include <cuda_bf16.h>
 
-#include <cstdlib>
-#include <cstring>
 
 #include "kernels/check.h"
 #include "kernels/cuda/attention_kernel.cuh"
@@ -508,12 +506,11 @@ bool LaunchAttentionHopper(const AttentionArguments& arguments, cudaStream_t str
     kernel<<<grid, kThreads, shared_bytes, stream>>>(q_map, k_map, v_map, hopper);
     ZCUDA_CHECK_LAUNCH();
   };
-  const char* choice = std::getenv("ZOETROPE_ATTENTION_KERNEL");
   // Default: two stages, eager refill. On H100 the three variants were within run-to-run noise of each
   // other (±5 %); the two-stage one was ahead in the latest comparison (bench/README.md).
-  if (choice != nullptr && std::strcmp(choice, "wgmma3") == 0) {
+  if (arguments.implementation == AttentionImplementation::kHopperThreeStage) {
     launch(AttentionHopperKernel<3, true, false>, sizeof(SharedStorage<3>));
-  } else if (choice != nullptr && std::strcmp(choice, "pingpong") == 0) {
+  } else if (arguments.implementation == AttentionImplementation::kHopperPingPong) {
     launch(AttentionHopperKernel<3, true, true>, sizeof(SharedStorage<3>));
   } else {
     launch(AttentionHopperKernel<2, false, false>, sizeof(SharedStorage<2>));

@@ -13,7 +13,6 @@
 
 #include <cuda_bf16.h>
 
-#include <cstdlib>
 #include <cstring>
 
 #include "kernels/check.h"
@@ -317,6 +316,23 @@ void Launch(const AttentionArguments& arguments, cudaStream_t stream) {
 
 bool AttentionSupportsHeadDim(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
+bool ParseAttentionImplementation(const char* name, AttentionImplementation* implementation) {
+  static constexpr struct {
+    const char* name;
+    AttentionImplementation implementation;
+  } kNames[] = {{"auto", AttentionImplementation::kAuto},
+                {"mma", AttentionImplementation::kMma},
+                {"wgmma3", AttentionImplementation::kHopperThreeStage},
+                {"pingpong", AttentionImplementation::kHopperPingPong}};
+  for (const auto& entry : kNames) {
+    if (std::strcmp(name, entry.name) == 0) {
+      *implementation = entry.implementation;
+      return true;
+    }
+  }
+  return false;
+}
+
 void LaunchAttention(const AttentionArguments& arguments, cudaStream_t stream) {
   ZCHECK_MSG(AttentionSupportsHeadDim(arguments.head_dim), "attention head dim " << arguments.head_dim);
   ZCHECK(arguments.query_count >= 0 && arguments.key_count >= 0 && arguments.heads > 0);
@@ -335,9 +351,7 @@ void LaunchAttention(const AttentionArguments& arguments, cudaStream_t stream) {
   ZCHECK(arguments.q_row_stride % 8 == 0 && arguments.k_row_stride % 8 == 0 && arguments.v_row_stride % 8 == 0 &&
          arguments.o_row_stride % 8 == 0);
   if (arguments.query_count == 0) return;
-  const char* choice = std::getenv("ZOETROPE_ATTENTION_KERNEL");
-  const bool force_mma = choice != nullptr && std::strcmp(choice, "mma") == 0;
-  if (!force_mma && LaunchAttentionHopper(arguments, stream)) return;
+  if (arguments.implementation != AttentionImplementation::kMma && LaunchAttentionHopper(arguments, stream)) return;
   if (arguments.head_dim == 128) {
     Launch<128>(arguments, stream);
   } else {

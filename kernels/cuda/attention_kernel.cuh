@@ -24,6 +24,20 @@ namespace zoetrope::cuda {
 inline constexpr int kAttentionQueryBlock = 128;
 inline constexpr int kAttentionKeyTile = 64;
 
+// Which implementation LaunchAttention runs. The product uses kAuto; tests and benchmarks compare the
+// others. The choice travels with each launch (the CUDA backend fixes it when it is created), so no
+// launch reads the environment.
+enum class AttentionImplementation {
+  kAuto,               // the two-stage Hopper kernel where it applies, else mma.sync
+  kMma,                // the mma.sync kernel (attention_kernel.cu)
+  kHopperThreeStage,   // the three-stage Hopper variant
+  kHopperPingPong,     // the three-stage Hopper variant whose warpgroups alternate
+};
+
+// "auto", "mma", "wgmma3", "pingpong" (the names the benchmarks and ZOETROPE_ATTENTION_KERNEL use);
+// false, and `implementation` untouched, for anything else.
+bool ParseAttentionImplementation(const char* name, AttentionImplementation* implementation);
+
 struct AttentionArguments {
   // Device pointers to bf16 (__nv_bfloat16) data. Row n of head h starts at base + n·row_stride + h·d.
   const void* q = nullptr;
@@ -47,6 +61,8 @@ struct AttentionArguments {
   int layout_row_length = 0;                // query_blocks + 1
   int layout_max_entries = 0;
   int layout_key_block = kAttentionKeyTile;  // tokens per listed key block
+
+  AttentionImplementation implementation = AttentionImplementation::kAuto;
 };
 
 // True when `head_dim` is one the kernel is built for.
@@ -56,9 +72,7 @@ bool AttentionSupportsHeadDim(int head_dim);
 //
 // Two implementations compute the same function: a Hopper one (TMA + wgmma, attention_hopper.cu) for
 // head dim 128 and layouts with key blocks that are multiples of 128, and the mma.sync one
-// (attention_kernel.cu) for everything else. The environment variable ZOETROPE_ATTENTION_KERNEL=mma
-// forces the mma.sync kernel, =wgmma3 the three-stage Hopper variant and =pingpong the three-stage one
-// whose warpgroups alternate (tests and benchmarks compare them); "auto" or unset picks.
+// (attention_kernel.cu) for everything else; `arguments.implementation` may force one of them.
 void LaunchAttention(const AttentionArguments& arguments, cudaStream_t stream);
 
 // The Hopper kernel alone; returns false (and launches nothing) for arguments it does not handle.

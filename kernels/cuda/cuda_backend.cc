@@ -111,10 +111,26 @@ class DeviceScope {
   bool restore_ = false;
 };
 
+enum class LinearBias { kCompute, kF32, kSeparate };
+
+absl::StatusOr<LinearBias> ParseLinearBias(const std::string& name) {
+  if (name == "compute") return LinearBias::kCompute;
+  if (name == "f32") return LinearBias::kF32;
+  if (name == "separate") return LinearBias::kSeparate;
+  return absl::InvalidArgumentError(
+      absl::StrCat("linear_bias (ZOETROPE_LINEAR_BIAS) must be compute, f32 or separate, got '", name, "'"));
+}
+
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device_index, cudaStream_t stream, cublasLtHandle_t cublas)
-      : device_index_(device_index), stream_(stream), cublas_(cublas), allocator_(CudaAllocator::Create(device_index)) {
+  CudaBackend(int device_index, cudaStream_t stream, cublasLtHandle_t cublas,
+              cuda::AttentionImplementation attention_implementation, LinearBias linear_bias)
+      : device_index_(device_index),
+        stream_(stream),
+        cublas_(cublas),
+        attention_implementation_(attention_implementation),
+        linear_bias_(linear_bias),
+        allocator_(CudaAllocator::Create(device_index)) {
     workspace_ = allocator_->Allocate(kGemmWorkspaceBytes);
   }
 
@@ -215,13 +231,7 @@ class CudaBackend final : public Backend {
     Tensor y = New(out_shape, dtype);
     if (y.numel() == 0) return y;
 
-    // Where the bias is added (a tuning knob, ZOETROPE_LINEAR_BIAS): "compute" (default) the bias rounded
-    // to the weight dtype in the cuBLASLt epilogue, as PyTorch's autocast rounds it; "f32" an F32 bias in
-    // the epilogue; "separate" a plain product and one bias/activation pass afterwards. Measured on H100
-    // (1.3B DiT, 32,760 tokens): cuBLASLt picks much faster kernels for a bf16 bias: the K = 1536
-    // projections ran at 680 TFLOP/s against 410 with "f32" or "separate" (bench/README.md).
-    const char* bias_mode_name = std::getenv("ZOETROPE_LINEAR_BIAS");
-    const std::string bias_mode = bias_mode_name != nullptr ? bias_mode_name : "compute";
+    // Where the bias is added: CudaBackendOptions::linear_bias (cuda_backend.h) says why "compute" is the default.
     Tensor bias32;
     if (bias != nullptr) {
       ZCHECK_MSG(bias->numel() == outputs, "Linear bias " << bias->DebugString() << " for " << outputs << " outputs");
@@ -229,7 +239,9 @@ class CudaBackend final : public Backend {
       bias32 = bias->dtype() == DType::kF32 ? *bias : CastOnDevice(*bias, DType::kF32);
     }
     Tensor epilogue_bias = bias32;
-    if (bias != nullptr && bias_mode == "compute" && dtype != DType::kF32) epilogue_bias = CastOnDevice(bias32, dtype);
+    if (bias != nullptr && linear_bias_ == LinearBias::kCompute && dtype != DType::kF32) {
+      epilogue_bias = CastOnDevice(bias32, dtype);
+    }
     // y[N, out] row-major is C[out, N] column-major = Wᵀ·xᵀ: a TN product with the bias along C's rows.
     GemmShape shape;
     shape.trans_a = CUBLAS_OP_T;
@@ -247,7 +259,7 @@ class CudaBackend final : public Backend {
     shape.align_c = PointerAlignment(y.raw_data());
     const bool gelu = activation == Activation::kGeluTanh;
     shape.bias_type = CudaDataTypeOf(epilogue_bias.defined() ? epilogue_bias.dtype() : DType::kF32);
-    if (bias != nullptr && bias_mode == "separate") {
+    if (bias != nullptr && linear_bias_ == LinearBias::kSeparate) {
       shape.epilogue = CUBLASLT_EPILOGUE_DEFAULT;  // bias and activation in the pass below
     } else if (bias != nullptr) {
       shape.epilogue = gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
@@ -255,9 +267,10 @@ class CudaBackend final : public Backend {
       shape.epilogue = gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT;
     }
     const float* bias_pointer = bias != nullptr ? bias32.data<float>() : nullptr;
-    const void* epilogue_pointer = bias != nullptr && bias_mode != "separate" ? epilogue_bias.raw_data() : nullptr;
+    const void* epilogue_pointer =
+        bias != nullptr && linear_bias_ != LinearBias::kSeparate ? epilogue_bias.raw_data() : nullptr;
     const bool fused = Gemm(shape, weight.raw_data(), input.raw_data(), y.raw_data(), epilogue_pointer);
-    if (!fused || (bias != nullptr && bias_mode == "separate")) {
+    if (!fused || (bias != nullptr && linear_bias_ == LinearBias::kSeparate)) {
       // Separate bias, or no algorithm with this epilogue: plain product, then bias and activation in one pass.
       shape.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
       if (!fused) {
@@ -427,6 +440,7 @@ class CudaBackend final : public Backend {
       arguments.layout_max_entries = static_cast<int>(columns.dim(1));
       arguments.layout_key_block = layout->key_block;
     }
+    arguments.implementation = attention_implementation_;
     cuda::LaunchAttention(arguments, stream_);
     return q.dtype() == DType::kBF16 ? out : CastOnDevice(out, q.dtype());
   }
@@ -770,6 +784,8 @@ class CudaBackend final : public Backend {
   const int device_index_;
   cudaStream_t stream_;
   cublasLtHandle_t cublas_;
+  const cuda::AttentionImplementation attention_implementation_;
+  const LinearBias linear_bias_;
   std::shared_ptr<CudaAllocator> allocator_;
   std::shared_ptr<Storage> workspace_;
   std::map<GemmShape, GemmPlan> plans_;
@@ -786,7 +802,26 @@ int CudaDeviceCount() {
   return count;
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_index) {
+CudaBackendOptions CudaBackendOptionsFromEnvironment() {
+  CudaBackendOptions options;
+  if (const char* value = std::getenv("ZOETROPE_ATTENTION_KERNEL"); value != nullptr && *value != '\0') {
+    options.attention_kernel = value;
+  }
+  if (const char* value = std::getenv("ZOETROPE_LINEAR_BIAS"); value != nullptr && *value != '\0') {
+    options.linear_bias = value;
+  }
+  return options;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_index, const CudaBackendOptions& options) {
+  cuda::AttentionImplementation attention_implementation = cuda::AttentionImplementation::kAuto;
+  if (!cuda::ParseAttentionImplementation(options.attention_kernel.c_str(), &attention_implementation)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention_kernel (ZOETROPE_ATTENTION_KERNEL) must be auto, mma, wgmma3 or pingpong, got '",
+                     options.attention_kernel, "'"));
+  }
+  absl::StatusOr<LinearBias> linear_bias = ParseLinearBias(options.linear_bias);
+  if (!linear_bias.ok()) return linear_bias.status();
   const int count = CudaDeviceCount();
   if (device_index < 0 || device_index >= count) {
     return absl::NotFoundError(absl::StrCat("CUDA device ", device_index, " does not exist (", count,
@@ -794,7 +829,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_index) {
   }
   cudaDeviceProp properties{};
   if (cudaError_t error = cudaGetDeviceProperties(&properties, device_index); error != cudaSuccess) {
-    return absl::InternalError(absl::StrCat("cudaGetDeviceProperties(", device_index, "): ", cudaGetErrorString(error)));
+    return absl::InternalError(
+        absl::StrCat("cudaGetDeviceProperties(", device_index, "): ", cudaGetErrorString(error)));
   }
   if (properties.major != 9) {
     return absl::FailedPreconditionError(absl::StrCat("CUDA device ", device_index, " (", properties.name,
@@ -808,7 +844,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_index) {
   cudaError_t error = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
   if (error != cudaSuccess) {
     cudaSetDevice(previous);
-    return absl::InternalError(absl::StrCat("cudaStreamCreate on device ", device_index, ": ", cudaGetErrorString(error)));
+    return absl::InternalError(
+        absl::StrCat("cudaStreamCreate on device ", device_index, ": ", cudaGetErrorString(error)));
   }
   cublasLtHandle_t cublas = nullptr;
   if (cublasStatus_t status = cublasLtCreate(&cublas); status != CUBLAS_STATUS_SUCCESS) {
@@ -816,7 +853,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_index) {
     cudaSetDevice(previous);
     return absl::InternalError(absl::StrCat("cublasLtCreate: ", cublasLtGetStatusString(status)));
   }
-  auto backend = std::make_unique<CudaBackend>(device_index, stream, cublas);
+  auto backend = std::make_unique<CudaBackend>(device_index, stream, cublas, attention_implementation, *linear_bias);
   cudaSetDevice(previous);
   return backend;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `zoetrope generate` as a user runs it: a tiny model folder, a prompt, an MP4 that ffprobe reads with
-# the right frame count, size and rate; the same seed gives the same file content; bad flags and a bad
-# model folder exit non-zero with a message naming the flag or the missing part.
+# the right frame count, size and rate; the same seed gives the same file content, at any --threads;
+# bad flags and a bad model folder exit non-zero with a message naming the flag or the missing part.
 # usage: generate_test.sh ZOETROPE_BINARY MODEL_FOLDER WORK_DIR
 set -euo pipefail
 zoetrope=$1 model=$2 work=$3
@@ -25,6 +25,12 @@ check "mp4 is h264 96x64 at 16 fps with 13 frames ($probe)" test "$probe" = "h26
 "$zoetrope" generate --model "$model" --prompt "a cat on a skateboard" --width 96 --height 64 --frames 13 \
   --steps 4 --seed 5 --output "$work/c.safetensors" >/dev/null 2>&1
 check "same seed, same video" cmp -s "$work/b.safetensors" "$work/c.safetensors"
+# The CPU backend's results do not depend on how many threads compute them (kernels/cpu/cpu_gemm.h).
+for threads in 1 2 3; do
+  "$zoetrope" generate --model "$model" --prompt "a cat on a skateboard" --width 96 --height 64 --frames 13 \
+    --steps 4 --seed 5 --threads "$threads" --output "$work/threads$threads.safetensors" >/dev/null 2>&1
+  check "--threads $threads gives the same bytes as the default" cmp -s "$work/b.safetensors" "$work/threads$threads.safetensors"
+done
 "$zoetrope" generate --model "$model" --width 96 --height 64 --frames 5 --steps 2 --output "$work/png" >/dev/null 2>&1
 check "png frames" test -f "$work/png/frame_00004.png"
 

@@ -14,12 +14,12 @@
 #include <sstream>
 #include <thread>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "server/sha256.h"
+#include "common/sha256.h"
 #include "tests/service/service_harness.h"
 
 namespace zoetrope::testing {
@@ -127,7 +127,7 @@ TEST(ServiceTest, LifecycleSubmitWatchGetFetchList) {
     offset = i + 1 < chunks.size() ? chunks[i + 1].offset() : static_cast<int64_t>(result.size());
     EXPECT_LE(offset - chunks[i].offset(), 64 * 1024);
   }
-  server::Sha256 hash;
+  Sha256 hash;
   hash.Update(result);
   EXPECT_EQ(hash.FinishHex(), chunks.front().sha256());
 

@@ -7,8 +7,12 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/unit/numerics.h"
+
 namespace zoetrope {
 namespace {
+
+using test::RelativeL2;
 
 Tensor Random(const Shape& shape, uint32_t seed, float scale = 1.0f) {
   std::mt19937 generator(seed);
@@ -16,18 +20,6 @@ Tensor Random(const Shape& shape, uint32_t seed, float scale = 1.0f) {
   Tensor tensor = Tensor::Host(shape, DType::kF32);
   for (int64_t i = 0; i < tensor.numel(); ++i) tensor.data<float>()[i] = normal(generator);
   return tensor;
-}
-
-double RelativeL2(const std::vector<double>& expected, const Tensor& actual) {
-  const std::vector<float> values = ToFloatVector(actual);
-  EXPECT_EQ(values.size(), expected.size());
-  double difference = 0.0, norm = 0.0;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    if (!std::isfinite(values[i])) return INFINITY;
-    difference += (values[i] - expected[i]) * (values[i] - expected[i]);
-    norm += expected[i] * expected[i];
-  }
-  return std::sqrt(difference / norm);
 }
 
 class CpuBackendTest : public ::testing::Test {

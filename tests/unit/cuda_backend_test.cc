@@ -8,22 +8,25 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <limits>
 #include <random>
-#include <stdlib.h>
 
 #include <gtest/gtest.h>
 
 #include "kernels/backend_factory.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/unit/numerics.h"
 #include "worker/engine/denoise.h"
 #include "worker/engine/wan_dit.h"
 #include "worker/engine/wan_random_weights.h"
 
 namespace zoetrope {
 namespace {
+
+using test::RelativeL2;
 
 Tensor Random(const Shape& shape, uint32_t seed, float scale = 1.0f) {
   std::mt19937 generator(seed);
@@ -36,19 +39,6 @@ Tensor Random(const Shape& shape, uint32_t seed, float scale = 1.0f) {
 // Rounds a host F32 tensor through `dtype` (what the device sees after Upload), staying F32.
 Tensor RoundedThrough(const Tensor& host, DType dtype) { return ConvertHost(ConvertHost(host, dtype), DType::kF32); }
 
-// ‖actual − expected‖ / ‖expected‖; infinite when anything is not finite, so NaN always fails.
-double RelativeL2(const std::vector<double>& expected, const std::vector<float>& actual) {
-  EXPECT_EQ(actual.size(), expected.size());
-  if (actual.size() != expected.size()) return INFINITY;
-  double difference = 0.0, norm = 0.0;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    if (!std::isfinite(actual[i]) || !std::isfinite(expected[i])) return INFINITY;
-    difference += (actual[i] - expected[i]) * (actual[i] - expected[i]);
-    norm += expected[i] * expected[i];
-  }
-  return std::sqrt(difference / std::max(norm, 1e-300));
-}
-
 std::vector<double> ToDoubles(const Tensor& host) {
   const std::vector<float> values = ToFloatVector(host);
   return std::vector<double>(values.begin(), values.end());
@@ -57,29 +47,38 @@ std::vector<double> ToDoubles(const Tensor& host) {
 class CudaBackendTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+    if (CudaDeviceCount() == 0) {
+      // The GPU scripts set ZOETROPE_REQUIRE_GPU=1: there a missing device (or a driver mismatch, which
+      // also reads as no device) is a failure, not a skip.
+      const char* required = std::getenv("ZOETROPE_REQUIRE_GPU");
+      if (required != nullptr && std::string(required) == "1") FAIL() << "ZOETROPE_REQUIRE_GPU=1 but no CUDA device";
+      GTEST_SKIP() << "no CUDA device";
+    }
     absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCudaBackend(0);
     ASSERT_TRUE(backend.ok()) << backend.status();
     gpu_ = *std::move(backend);
     cpu_ = CreateCpuBackend();
   }
 
-  std::vector<float> Fetch(const Tensor& device_tensor) { return ToFloatVector(gpu_->ToHost(device_tensor)); }
+  std::vector<float> Fetch(const Tensor& device_tensor, Backend* backend = nullptr) {
+    return ToFloatVector((backend != nullptr ? backend : gpu_.get())->ToHost(device_tensor));
+  }
   double Compare(const Tensor& cpu_result, const Tensor& gpu_result) {
     EXPECT_EQ(cpu_result.shape(), gpu_result.shape());
     return RelativeL2(ToDoubles(cpu_result), Fetch(gpu_result));
   }
   // Leaves NaN-filled blocks of `bytes` in the allocator cache, so a kernel that skips an element of a
   // fresh output of that size is caught by the NaN check.
-  void PoisonCache(size_t bytes, int copies = 2) {
+  void PoisonCache(size_t bytes, int copies = 2, Backend* backend = nullptr) {
+    Backend& target = backend != nullptr ? *backend : *gpu_;
     const int64_t count = static_cast<int64_t>(bytes / sizeof(float));
     std::vector<Tensor> poisoned;
     for (int i = 0; i < copies; ++i) {
       Tensor host = Tensor::Host({count}, DType::kF32);
       for (int64_t j = 0; j < count; ++j) host.data<float>()[j] = std::numeric_limits<float>::quiet_NaN();
-      poisoned.push_back(gpu_->Upload(host, DType::kF32));
+      poisoned.push_back(target.Upload(host, DType::kF32));
     }
-    gpu_->Synchronize();
+    target.Synchronize();
   }
 
   std::unique_ptr<Backend> gpu_;
@@ -399,12 +398,30 @@ std::vector<double> ReferenceAttention(const Tensor& q, const Tensor& k, const T
 // "auto" (the default two-stage Hopper kernel where it applies).
 constexpr const char* kAttentionKernels[] = {"mma", "wgmma3", "pingpong", "auto"};
 
-// Selects the attention implementation for the scope (kernels/cuda/attention_kernel.cuh).
-class ScopedAttentionKernel {
- public:
-  explicit ScopedAttentionKernel(const char* choice) { ::setenv("ZOETROPE_ATTENTION_KERNEL", choice, 1); }
-  ~ScopedAttentionKernel() { ::unsetenv("ZOETROPE_ATTENTION_KERNEL"); }
-};
+// A backend on device 0 whose attention runs `kernel` (kernels/cuda/attention_kernel.cuh).
+std::unique_ptr<Backend> BackendWithAttentionKernel(const char* kernel) {
+  CudaBackendOptions options;
+  options.attention_kernel = kernel;
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCudaBackend(0, options);
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  return backend.ok() ? std::move(*backend) : nullptr;
+}
+
+// Option values are checked before any device is touched, so this runs (and must pass) without a GPU too.
+TEST(CudaBackendOptionsTest, UnknownValuesAreRejectedByName) {
+  CudaBackendOptions options;
+  options.attention_kernel = "fastest";
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCudaBackend(0, options);
+  ASSERT_FALSE(backend.ok());
+  EXPECT_EQ(backend.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(backend.status().message().find("ZOETROPE_ATTENTION_KERNEL"), std::string::npos) << backend.status();
+  options = CudaBackendOptions();
+  options.linear_bias = "fp8";
+  backend = CreateCudaBackend(0, options);
+  ASSERT_FALSE(backend.ok());
+  EXPECT_EQ(backend.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(backend.status().message().find("ZOETROPE_LINEAR_BIAS"), std::string::npos) << backend.status();
+}
 
 struct AttentionInputs {
   Tensor q, k, v;           // host F32, bf16-rounded
@@ -435,13 +452,16 @@ TEST_F(CudaBackendTest, DenseAttentionMatchesFloat64Reference) {
     const double scale = 1.0 / std::sqrt(static_cast<double>(shape.dim));
     const std::vector<double> expected =
         ReferenceAttention(inputs.q, inputs.k, inputs.v, scale, [](int64_t, int64_t, int64_t) { return true; });
+    gpu_->Synchronize();  // the inputs were uploaded on gpu_'s stream; each kernel runs on its own backend's
     for (const char* kernel : kAttentionKernels) {
-      ScopedAttentionKernel choice(kernel);
-      PoisonCache(static_cast<size_t>(shape.queries * shape.heads * shape.dim) * 2);
-      const Tensor out = gpu_->Attention(inputs.gpu_q, inputs.gpu_k, inputs.gpu_v, static_cast<float>(scale), nullptr);
+      std::unique_ptr<Backend> backend = BackendWithAttentionKernel(kernel);
+      ASSERT_NE(backend, nullptr);
+      PoisonCache(static_cast<size_t>(shape.queries * shape.heads * shape.dim) * 2, 2, backend.get());
+      const Tensor out =
+          backend->Attention(inputs.gpu_q, inputs.gpu_k, inputs.gpu_v, static_cast<float>(scale), nullptr);
       EXPECT_EQ(out.dtype(), DType::kBF16);
       EXPECT_EQ(out.shape(), inputs.q.shape());
-      const double error = RelativeL2(expected, Fetch(out));
+      const double error = RelativeL2(expected, Fetch(out, backend.get()));
       EXPECT_LT(error, 5e-3) << kernel << " " << shape.queries << "x" << shape.keys << " heads " << shape.heads
                              << " d " << shape.dim;
       std::printf("attention %s %lldx%lld heads %lld d %lld: relative L2 %.2e\n", kernel,
@@ -509,12 +529,14 @@ TEST_F(CudaBackendTest, BlockSparseAttentionMatchesFloat64Reference) {
       host_layout.row_offsets = offsets;
       host_layout.column_indices = packed;
       const Tensor cpu_out = cpu_->Attention(inputs.q, inputs.k, inputs.v, static_cast<float>(scale), &host_layout);
+      gpu_->Synchronize();  // inputs and layout were uploaded on gpu_'s stream
       for (const char* kernel : kAttentionKernels) {
-        ScopedAttentionKernel choice(kernel);
-        PoisonCache(static_cast<size_t>(queries * heads * dim) * 2);
+        std::unique_ptr<Backend> backend = BackendWithAttentionKernel(kernel);
+        ASSERT_NE(backend, nullptr);
+        PoisonCache(static_cast<size_t>(queries * heads * dim) * 2, 2, backend.get());
         const Tensor out =
-            gpu_->Attention(inputs.gpu_q, inputs.gpu_k, inputs.gpu_v, static_cast<float>(scale), &layout);
-        const std::vector<float> actual = Fetch(out);
+            backend->Attention(inputs.gpu_q, inputs.gpu_k, inputs.gpu_v, static_cast<float>(scale), &layout);
+        const std::vector<float> actual = Fetch(out, backend.get());
         const double error = RelativeL2(expected, actual);
         EXPECT_LT(error, 5e-3) << kernel << " key block " << key_block << " groups " << groups;
         std::printf("sparse attention %s key block %d groups %lld: relative L2 %.2e\n", kernel, key_block,

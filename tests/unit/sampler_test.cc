@@ -15,10 +15,13 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/unit/numerics.h"
 #include "worker/engine/flow_schedule.h"
 
 namespace zoetrope {
 namespace {
+
+using test::RelativeL2;
 
 // Whether `status` is InvalidArgument with `fragment` in its message.
 ::testing::AssertionResult IsInvalidArgumentWith(const absl::Status& status, const std::string& fragment) {
@@ -456,15 +459,6 @@ class ReferenceDpm {
   std::vector<double> m1_;
 };
 
-double RelativeL2(const std::vector<float>& actual, const std::vector<double>& expected) {
-  double difference = 0.0, norm = 0.0;
-  for (size_t j = 0; j < actual.size(); ++j) {
-    difference += (actual[j] - expected[j]) * (actual[j] - expected[j]);
-    norm += expected[j] * expected[j];
-  }
-  return std::sqrt(difference / std::max(norm, 1e-30));
-}
-
 // The synthetic field of zoetrope-sampler-trace: v = a ⊙ x + b·(t/1000), guided.
 TEST_F(SamplerTest, MatchesScalarTranscriptionOfSpec) {
   const size_t count = 300;
@@ -497,7 +491,7 @@ TEST_F(SamplerTest, MatchesScalarTranscriptionOfSpec) {
           sample = sampler->Step(*backend_, i, FromDoubles(field(current, t)), sample);
           expected = kind == SamplerKind::kUniPC ? unipc.Step(i, field(expected, t), expected)
                                                  : dpm.Step(i, field(expected, t), expected);
-          ASSERT_LT(RelativeL2(Read(sample), expected), 1e-5)
+          ASSERT_LT(RelativeL2(expected, Read(sample)), 1e-5)
               << SamplerKindName(kind) << " steps " << steps << " shift " << shift << " step " << i;
         }
       }

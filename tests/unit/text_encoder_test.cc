@@ -22,6 +22,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/unit/numerics.h"
 #include "worker/engine/prompt_cache.h"
 #include "worker/engine/prompt_clean.h"
 #include "worker/engine/safetensors.h"
@@ -33,6 +34,8 @@
 
 namespace zoetrope {
 namespace {
+
+using test::RelativeL2;
 
 namespace fs = std::filesystem;
 
@@ -86,17 +89,6 @@ std::string Clean(absl::string_view text) {
   absl::StatusOr<std::string> cleaned = CleanPrompt(text);
   EXPECT_TRUE(cleaned.ok()) << cleaned.status();
   return cleaned.ok() ? *cleaned : std::string("<error>");
-}
-
-double RelativeL2(const std::vector<float>& ours, const std::vector<float>& reference) {
-  EXPECT_EQ(ours.size(), reference.size());
-  double difference = 0.0, norm = 0.0;
-  for (size_t i = 0; i < std::min(ours.size(), reference.size()); ++i) {
-    const double d = static_cast<double>(ours[i]) - reference[i];
-    difference += d * d;
-    norm += static_cast<double>(reference[i]) * reference[i];
-  }
-  return std::sqrt(difference) / std::sqrt(norm);  // NaN in ours gives NaN, which fails every ≤
 }
 
 // ---- prompt cleaning ----------------------------------------------------------------------------------
@@ -447,7 +439,7 @@ TEST(CpuTextOps, AttentionWithBiasMatchesADoubleLoopAndMasks) {
       }
     }
   }
-  EXPECT_LE(RelativeL2(ToFloatVector(out), expected), 1e-6);
+  EXPECT_LE(RelativeL2(expected, ToFloatVector(out)), 1e-6);
 }
 
 TEST(CpuTextOps, MultiplyIsElementWise) {
@@ -627,8 +619,8 @@ TEST_F(Umt5EncoderTest, MatchesTheFloat64Reference) {
     const std::vector<float> real_only = EncodeToFloats(*wan, c.ids, c.length, PaddingMode::kRealTokensOnly);
     const std::vector<float> padded = EncodeToFloats(*wan, c.ids, c.length, PaddingMode::kPadded);
     const std::vector<float> from_hf = EncodeToFloats(*hugging_face, c.ids, c.length, PaddingMode::kRealTokensOnly);
-    const double error_real = RelativeL2(real_only, expected), error_padded = RelativeL2(padded, expected);
-    const double modes_apart = RelativeL2(real_only, padded);
+    const double error_real = RelativeL2(expected, real_only), error_padded = RelativeL2(expected, padded);
+    const double modes_apart = RelativeL2(padded, real_only);
     std::printf("case %-9s L=%3lld P=%3zu  rel_l2 real-tokens %.3g  padded %.3g  (modes apart %.3g)\n",
                 c.name.c_str(), static_cast<long long>(c.length), c.ids.size(), error_real, error_padded, modes_apart);
     EXPECT_LE(error_real, 1e-4) << c.name;

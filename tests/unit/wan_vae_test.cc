@@ -23,6 +23,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/unit/numerics.h"
 #include "worker/engine/random.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/wan_vae_random_weights.h"
@@ -37,25 +38,14 @@
 namespace zoetrope {
 namespace {
 
+using test::RelativeL2;
+
 namespace fs = std::filesystem;
 
 Tensor RandomLatent(const Shape& shape, uint64_t seed) {
   Tensor latent = Tensor::Host(shape, DType::kF32);
   FillStandardNormal(StreamKey(seed, "vae-test-latent"), 0, latent.data<float>(), latent.numel());
   return latent;
-}
-
-// ‖a − b‖ / ‖b‖ in double; NaN anywhere (or a shape mismatch) gives +inf, so it can never pass.
-double RelativeL2(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape()) return std::numeric_limits<double>::infinity();
-  const std::vector<float> x = ToFloatVector(a), y = ToFloatVector(b);
-  double difference = 0.0, norm = 0.0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (std::isnan(x[i]) || std::isnan(y[i])) return std::numeric_limits<double>::infinity();
-    difference += (static_cast<double>(x[i]) - y[i]) * (static_cast<double>(x[i]) - y[i]);
-    norm += static_cast<double>(y[i]) * y[i];
-  }
-  return std::sqrt(difference / norm);
 }
 
 double FractionClamped(const Tensor& video) {
@@ -133,7 +123,7 @@ TEST(VideoVaeOps, Conv3dFollowsThePaddingContract) {
                   }
             expected.push_back(static_cast<float>(sum));
           }
-    EXPECT_LE(RelativeL2(y, HostTensorFromFloats(expected, y.shape())), 1e-6);
+    EXPECT_LE(RelativeL2(HostTensorFromFloats(expected, y.shape()), y), 1e-6);
   }
 }
 
@@ -235,7 +225,7 @@ TEST_F(WanVaeTest, MatchesTheChunkedPythonReference) {
     ASSERT_TRUE(expected.ok()) << expected.status();
     EXPECT_EQ(ours->shape(), (Shape{1 + 4 * (latent.dim(1) - 1), 3, 8 * latent.dim(2), 8 * latent.dim(3)}));
     EXPECT_EQ(ours->shape(), expected->shape());
-    const double error = RelativeL2(*ours, *expected);
+    const double error = RelativeL2(*expected, *ours);
     EXPECT_LE(error, 1e-4);
     std::printf("%s: relative L2 vs reference %.3g\n", name.c_str(), error);
     // The random weights must give a real picture: mostly inside (−1, 1), not a constant.
@@ -254,7 +244,7 @@ TEST_F(WanVaeTest, ChunkSizesGiveTheWholeSequenceDecode) {
     SCOPED_TRACE(absl::StrCat("chunk_frames ", chunk));
     absl::StatusOr<Tensor> chunked = vae->Decode(latent, chunk);
     ASSERT_TRUE(chunked.ok()) << chunked.status();
-    EXPECT_LE(RelativeL2(*chunked, *whole), 1e-5);
+    EXPECT_LE(RelativeL2(*whole, *chunked), 1e-5);
   }
   // Streaming hands over 1 + 4·(2 − 1) = 5 frames first, then 8, then 4, at the right offsets.
   std::vector<std::pair<int64_t, int64_t>> pieces;
@@ -272,13 +262,13 @@ TEST_F(WanVaeTest, ChunkSizesGiveTheWholeSequenceDecode) {
   }
   absl::StatusOr<Tensor> prefix_video = vae->Decode(prefix, 1);
   ASSERT_TRUE(prefix_video.ok()) << prefix_video.status();
-  EXPECT_LE(RelativeL2(*prefix_video, whole->Rows(0, 5)), 1e-5);
+  EXPECT_LE(RelativeL2(whole->Rows(0, 5), *prefix_video), 1e-5);
   // ...and a different latent frame 1 changes every frame from 1 on (the test can fail).
   prefix.data<float>()[12] += 1.0f;
   absl::StatusOr<Tensor> changed = vae->Decode(prefix, 1);
   ASSERT_TRUE(changed.ok());
-  EXPECT_EQ(RelativeL2(changed->Rows(0, 1), prefix_video->Rows(0, 1)), 0.0);
-  EXPECT_GT(RelativeL2(changed->Rows(1, 4), prefix_video->Rows(1, 4)), 1e-3);
+  EXPECT_EQ(RelativeL2(prefix_video->Rows(0, 1), changed->Rows(0, 1)), 0.0);
+  EXPECT_GT(RelativeL2(prefix_video->Rows(1, 4), changed->Rows(1, 4)), 1e-3);
 }
 
 TEST_F(WanVaeTest, BothKeyNamingsDecodeIdentically) {
@@ -292,7 +282,7 @@ TEST_F(WanVaeTest, BothKeyNamingsDecodeIdentically) {
   const Tensor latent = RandomLatent({16, 3, 2, 3}, 5);
   absl::StatusOr<Tensor> a = original->Decode(latent), b = diffusers->Decode(latent);
   ASSERT_TRUE(a.ok() && b.ok());
-  EXPECT_EQ(RelativeL2(*a, *b), 0.0);
+  EXPECT_EQ(RelativeL2(*b, *a), 0.0);
 }
 
 TEST_F(WanVaeTest, LoaderErrorsNameTheFileAndKey) {

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/config_presets.h"
 
 namespace zoetrope {
 namespace {
@@ -34,6 +35,8 @@ Umt5Config Tiny() {
   config.num_layers = 2;
   return config;
 }
+
+constexpr ConfigPreset<Umt5Config> kPresets[] = {{"tiny", Tiny}, {"umt5-xxl", Umt5Xxl}};
 
 // Block-local renames (after "blocks.{i}.") from Wan's to HF's names (spec §3.5).
 const std::vector<std::pair<std::string, std::string>>& BlockRenames() {
@@ -114,13 +117,10 @@ absl::Status Umt5Config::Validate() const {
 }
 
 absl::StatusOr<Umt5Config> Umt5ConfigByName(absl::string_view name) {
-  if (name == "umt5-xxl") return Umt5Xxl();
-  if (name == "tiny") return Tiny();
-  return absl::NotFoundError(absl::StrCat("unknown text encoder config \"", name, "\" (known: ",
-                                          absl::StrJoin(Umt5ConfigNames(), ", "), ")"));
+  return FindPreset(kPresets, name, "text encoder config");
 }
 
-std::vector<std::string> Umt5ConfigNames() { return {"tiny", "umt5-xxl"}; }
+std::vector<std::string> Umt5ConfigNames() { return PresetNames(kPresets); }
 
 int RelativePositionBucket(int64_t relative_position, int64_t num_buckets, int64_t max_distance) {
   const int64_t half = num_buckets / 2;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/config_presets.h"
 
 namespace zoetrope {
 namespace {
@@ -43,6 +44,9 @@ WanDitConfig Wan14B() {
   return config;
 }
 
+constexpr ConfigPreset<WanDitConfig> kPresets[] = {
+    {"tiny", Tiny}, {"wan2.1-t2v-1.3b", Wan13B}, {"wan2.1-t2v-14b", Wan14B}};
+
 absl::Status Rule(bool holds, absl::string_view field, absl::string_view rule, int64_t value) {
   if (holds) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat("Wan DiT config: ", field, " must ", rule, " (got ", value, ")"));
@@ -73,14 +77,10 @@ absl::Status WanDitConfig::Validate() const {
 }
 
 absl::StatusOr<WanDitConfig> WanDitConfigByName(absl::string_view name) {
-  if (name == "tiny") return Tiny();
-  if (name == "wan2.1-t2v-1.3b") return Wan13B();
-  if (name == "wan2.1-t2v-14b") return Wan14B();
-  return absl::NotFoundError(absl::StrCat("unknown model config \"", name, "\" (known: ",
-                                          absl::StrJoin(WanDitConfigNames(), ", "), ")"));
+  return FindPreset(kPresets, name, "model config");
 }
 
-std::vector<std::string> WanDitConfigNames() { return {"tiny", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"}; }
+std::vector<std::string> WanDitConfigNames() { return PresetNames(kPresets); }
 
 absl::StatusOr<WanDitConfig> ParseWanDitConfigJson(absl::string_view json_text, absl::string_view source) {
   nlohmann::json json = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/config_presets.h"
 
 namespace zoetrope {
 namespace {
@@ -39,6 +40,8 @@ WanVaeConfig TinyVae() {
   config.dim = 8;
   return config;
 }
+
+constexpr ConfigPreset<WanVaeConfig> kPresets[] = {{"tiny", TinyVae}, {"wan2.1-vae", Wan21Vae}};
 
 // Collects parameter specs under both namings.
 class ParameterList {
@@ -102,13 +105,10 @@ int64_t WanVaeConfig::temporal_scale() const {
 }
 
 absl::StatusOr<WanVaeConfig> WanVaeConfigByName(const std::string& name) {
-  if (name == "wan2.1-vae") return Wan21Vae();
-  if (name == "tiny") return TinyVae();
-  return absl::NotFoundError(
-      absl::StrCat("unknown VAE config \"", name, "\" (known: ", absl::StrJoin(WanVaeConfigNames(), ", "), ")"));
+  return FindPreset(kPresets, name, "VAE config");
 }
 
-std::vector<std::string> WanVaeConfigNames() { return {"tiny", "wan2.1-vae"}; }
+std::vector<std::string> WanVaeConfigNames() { return PresetNames(kPresets); }
 
 std::vector<WanVaeParameterSpec> WanVaeDecoderParameters(const WanVaeConfig& config) {
   const std::vector<int64_t> dims = config.DecoderDims();

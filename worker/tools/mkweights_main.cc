@@ -9,10 +9,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "worker/cli/progress_bar.h"
-#include "worker/tools/weights_tool.h"
 #include "worker/engine/wan_random_weights.h"
-#include "worker/engine/wan_weights.h"
+#include "worker/tools/weights_tool.h"
 
 ABSL_FLAG(std::string, config, "tiny", "model config: tiny, wan2.1-t2v-1.3b or wan2.1-t2v-14b");
 ABSL_FLAG(uint64_t, seed, 0, "random seed; the same seed gives the same weights everywhere");
@@ -24,42 +22,19 @@ ABSL_FLAG(std::string, dtype, "f32", "stored dtype: f32, bf16 or f16");
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Writes deterministic random Wan2.1 DiT weights: --config NAME --seed S -o FILE");
   absl::ParseCommandLine(argc, argv);
-  const std::string output = absl::GetFlag(FLAGS_o);
-  if (output.empty()) {
-    std::fprintf(stderr, "zoetrope-mkweights: -o FILE is required\n");
-    return 2;
-  }
+  constexpr absl::string_view kTool = "zoetrope-mkweights";
   absl::StatusOr<zoetrope::WanDitConfig> config = zoetrope::WanDitConfigByName(absl::GetFlag(FLAGS_config));
-  if (!config.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights: --config: %s\n", std::string(config.status().message()).c_str());
-    return 2;
-  }
+  if (!config.ok()) return zoetrope::ReportToolError(kTool, config.status(), 2, "--config");
   if (absl::GetFlag(FLAGS_num_layers) >= 0) config->num_layers = absl::GetFlag(FLAGS_num_layers);
-
-  zoetrope::RandomWeightsOptions options;
-  options.seed = absl::GetFlag(FLAGS_seed);
-  options.naming = absl::GetFlag(FLAGS_diffusers) ? zoetrope::WeightNaming::kDiffusers
-                                                   : zoetrope::WeightNaming::kOriginal;
-  absl::StatusOr<zoetrope::DType> dtype = zoetrope::ParseStoredDType(absl::GetFlag(FLAGS_dtype));
-  if (!dtype.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights: %s\n", std::string(dtype.status().message()).c_str());
-    return 2;
-  }
-  options.dtype = *dtype;
-
-  if (absl::Status created = zoetrope::CreateParentDirectory(output); !created.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights: %s\n", std::string(created.message()).c_str());
-    return 1;
-  }
-  const auto tensor_count = static_cast<int64_t>(zoetrope::WanDitParameters(*config).size());
-  zoetrope::ProgressBar bar(absl::StrCat("mkweights ", config->name), tensor_count, "tensors");
-  absl::Status status = zoetrope::WriteRandomWanDitWeights(
-      *config, options, output, [&](size_t done, size_t) { bar.Update(static_cast<int64_t>(done)); });
-  if (!status.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights: %s\n", std::string(status.message()).c_str());
-    return 1;
-  }
-  bar.Finish();
-  std::printf("%s\n", output.c_str());
-  return 0;
+  const std::string output = absl::GetFlag(FLAGS_o);
+  return zoetrope::RunWeightsWriter(
+      kTool, absl::StrCat("mkweights ", config->name), output, absl::GetFlag(FLAGS_dtype),
+      [&](zoetrope::DType dtype, const zoetrope::WeightsProgress& progress) {
+        zoetrope::RandomWeightsOptions options;
+        options.seed = absl::GetFlag(FLAGS_seed);
+        options.naming =
+            absl::GetFlag(FLAGS_diffusers) ? zoetrope::WeightNaming::kDiffusers : zoetrope::WeightNaming::kOriginal;
+        options.dtype = dtype;
+        return zoetrope::WriteRandomWanDitWeights(*config, options, output, progress);
+      });
 }

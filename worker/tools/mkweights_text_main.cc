@@ -12,9 +12,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "worker/cli/progress_bar.h"
-#include "worker/tools/weights_tool.h"
 #include "worker/engine/umt5_random_weights.h"
+#include "worker/tools/weights_tool.h"
 
 ABSL_FLAG(std::string, config, "tiny", "text encoder config: tiny or umt5-xxl");
 ABSL_FLAG(uint64_t, seed, 0, "random seed; the same seed gives the same weights everywhere");
@@ -37,39 +36,18 @@ int main(int argc, char** argv) {
     rewritten.push_back(argument.data());
   }
   absl::ParseCommandLine(static_cast<int>(rewritten.size()), rewritten.data());
-  const std::string output = absl::GetFlag(FLAGS_o);
-  if (output.empty()) {
-    std::fprintf(stderr, "zoetrope-mkweights-text: -o FILE is required\n");
-    return 2;
-  }
+  constexpr absl::string_view kTool = "zoetrope-mkweights-text";
   absl::StatusOr<zoetrope::Umt5Config> config = zoetrope::Umt5ConfigByName(absl::GetFlag(FLAGS_config));
-  if (!config.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights-text: --config: %s\n", std::string(config.status().message()).c_str());
-    return 2;
-  }
-  zoetrope::Umt5RandomWeightsOptions options;
-  options.seed = absl::GetFlag(FLAGS_seed);
-  options.naming = absl::GetFlag(FLAGS_hf_names) ? zoetrope::Umt5Naming::kHuggingFace : zoetrope::Umt5Naming::kWan;
-  absl::StatusOr<zoetrope::DType> dtype = zoetrope::ParseStoredDType(absl::GetFlag(FLAGS_dtype));
-  if (!dtype.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights-text: %s\n", std::string(dtype.status().message()).c_str());
-    return 2;
-  }
-  options.dtype = *dtype;
-
-  if (absl::Status created = zoetrope::CreateParentDirectory(output); !created.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights-text: %s\n", std::string(created.message()).c_str());
-    return 1;
-  }
-  const auto tensor_count = static_cast<int64_t>(zoetrope::Umt5Parameters(*config).size());
-  zoetrope::ProgressBar bar(absl::StrCat("mkweights-text ", config->name), tensor_count, "tensors");
-  absl::Status status = zoetrope::WriteRandomUmt5Weights(
-      *config, options, output, [&](size_t done, size_t) { bar.Update(static_cast<int64_t>(done)); });
-  if (!status.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights-text: %s\n", std::string(status.message()).c_str());
-    return 1;
-  }
-  bar.Finish();
-  std::printf("%s\n", output.c_str());
-  return 0;
+  if (!config.ok()) return zoetrope::ReportToolError(kTool, config.status(), 2, "--config");
+  const std::string output = absl::GetFlag(FLAGS_o);
+  return zoetrope::RunWeightsWriter(
+      kTool, absl::StrCat("mkweights-text ", config->name), output, absl::GetFlag(FLAGS_dtype),
+      [&](zoetrope::DType dtype, const zoetrope::WeightsProgress& progress) {
+        zoetrope::Umt5RandomWeightsOptions options;
+        options.seed = absl::GetFlag(FLAGS_seed);
+        options.naming =
+            absl::GetFlag(FLAGS_hf_names) ? zoetrope::Umt5Naming::kHuggingFace : zoetrope::Umt5Naming::kWan;
+        options.dtype = dtype;
+        return zoetrope::WriteRandomUmt5Weights(*config, options, output, progress);
+      });
 }

@@ -21,34 +21,19 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Writes deterministic random Wan2.1 VAE decoder weights: --config NAME --seed S -o FILE");
   absl::ParseCommandLine(argc, argv);
-  const std::string output = absl::GetFlag(FLAGS_o);
-  if (output.empty()) {
-    std::fprintf(stderr, "zoetrope-mkweights-vae: -o FILE is required\n");
-    return 2;
-  }
+  constexpr absl::string_view kTool = "zoetrope-mkweights-vae";
   absl::StatusOr<zoetrope::WanVaeConfig> config = zoetrope::WanVaeConfigByName(absl::GetFlag(FLAGS_config));
-  if (!config.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights-vae: --config: %s\n", std::string(config.status().message()).c_str());
-    return 2;
-  }
-  zoetrope::RandomWeightsOptions options;
-  options.seed = absl::GetFlag(FLAGS_seed);
-  options.naming =
-      absl::GetFlag(FLAGS_diffusers) ? zoetrope::WeightNaming::kDiffusers : zoetrope::WeightNaming::kOriginal;
-  absl::StatusOr<zoetrope::DType> dtype = zoetrope::ParseStoredDType(absl::GetFlag(FLAGS_dtype));
-  if (!dtype.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights-vae: %s\n", std::string(dtype.status().message()).c_str());
-    return 2;
-  }
-  options.dtype = *dtype;
-  if (absl::Status created = zoetrope::CreateParentDirectory(output); !created.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights-vae: %s\n", std::string(created.message()).c_str());
-    return 1;
-  }
-  if (absl::Status status = zoetrope::WriteRandomWanVaeWeights(*config, options, output); !status.ok()) {
-    std::fprintf(stderr, "zoetrope-mkweights-vae: %s\n", std::string(status.message()).c_str());
-    return 1;
-  }
-  std::printf("%s\n", output.c_str());
-  return 0;
+  if (!config.ok()) return zoetrope::ReportToolError(kTool, config.status(), 2, "--config");
+  const std::string output = absl::GetFlag(FLAGS_o);
+  // The VAE decoder is small (a few hundred MB at full size): written without a progress bar.
+  return zoetrope::RunWeightsWriter(kTool, "mkweights-vae", output, absl::GetFlag(FLAGS_dtype),
+                                    [&](zoetrope::DType dtype, const zoetrope::WeightsProgress&) {
+                                      zoetrope::RandomWeightsOptions options;
+                                      options.seed = absl::GetFlag(FLAGS_seed);
+                                      options.naming = absl::GetFlag(FLAGS_diffusers)
+                                                           ? zoetrope::WeightNaming::kDiffusers
+                                                           : zoetrope::WeightNaming::kOriginal;
+                                      options.dtype = dtype;
+                                      return zoetrope::WriteRandomWanVaeWeights(*config, options, output);
+                                    });
 }

@@ -20,7 +20,7 @@
 #include "prometheus/collectable.h"
 #include "prometheus/histogram.h"
 
-namespace zoetrope::server {
+namespace zoetrope {
 
 // 1 ms to 1 hour, roughly ×2.5 per bucket: step times on a fast GPU and whole 14B jobs both resolve.
 const prometheus::Histogram::BucketBoundaries& DurationBuckets();
@@ -53,4 +53,4 @@ class MetricsEndpoint {
   std::vector<std::weak_ptr<prometheus::Collectable>> collectables_;
 };
 
-}  // namespace zoetrope::server
+}  // namespace zoetrope

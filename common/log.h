@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
-namespace zoetrope::server {
+namespace zoetrope {
 
 void LogLine(absl::string_view component, absl::string_view message);
 
@@ -16,4 +16,4 @@ void Log(absl::string_view component, const Parts&... parts) {
   LogLine(component, absl::StrCat(parts...));
 }
 
-}  // namespace zoetrope::server
+}  // namespace zoetrope

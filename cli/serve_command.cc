@@ -1,4 +1,4 @@
-#include "worker/cli/serve_command.h"
+#include "cli/serve_command.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -11,14 +11,14 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "server/log.h"
+#include "common/log.h"
+#include "common/signals.h"
 #include "server/scheduler_server.h"
-#include "server/signals.h"
 #include "worker/pipeline_job_runner.h"
 #include "worker/worker_agent.h"
 #include "worker/worker_metrics.h"
 
-// Shared with `zoetrope generate` (worker/cli/generate_command.cc defines them).
+// Shared with `zoetrope generate` (cli/generate_command.cc defines them).
 ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(int32_t, threads);
 ABSL_DECLARE_FLAG(std::string, device);
@@ -34,7 +34,7 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Minutes(10), "serve: how long a d
 namespace zoetrope {
 
 int RunServeCommand(int argc, char** argv) {
-  server::BlockTerminationSignals();
+  BlockTerminationSignals();
   absl::ParseCommandLine(argc, argv);
   if (!absl::GetFlag(FLAGS_embedded)) {
     std::fprintf(stderr,
@@ -95,7 +95,7 @@ int RunServeCommand(int argc, char** argv) {
                                              : "",
                (*server)->port());
   absl::Notification terminate;
-  server::WatchTerminationSignals([&terminate](int) { terminate.Notify(); });
+  WatchTerminationSignals([&terminate](int) { terminate.Notify(); });
   terminate.WaitForNotification();
   agent.Drain();
   (*server)->Drain();

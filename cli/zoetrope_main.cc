@@ -3,9 +3,9 @@
 #include <cstring>
 #include <string>
 
-#include "worker/cli/generate_command.h"
-#include "worker/cli/serve_command.h"
-#include "worker/cli/service_commands.h"
+#include "cli/generate_command.h"
+#include "cli/serve_command.h"
+#include "cli/service_commands.h"
 
 namespace {
 

@@ -4,7 +4,7 @@
 
 #include <functional>
 
-namespace zoetrope::server {
+namespace zoetrope {
 
 // Blocks SIGTERM and SIGINT in the calling thread. Call it at the top of main, before any thread starts,
 // so every thread inherits the mask.
@@ -14,4 +14,4 @@ void BlockTerminationSignals();
 // and ends the process with status 128+signal at the second (an impatient operator).
 void WatchTerminationSignals(std::function<void(int)> on_first);
 
-}  // namespace zoetrope::server
+}  // namespace zoetrope

@@ -1,4 +1,4 @@
-#include "server/signals.h"
+#include "common/signals.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -7,9 +7,9 @@
 #include <cstdlib>
 #include <thread>
 
-#include "server/log.h"
+#include "common/log.h"
 
-namespace zoetrope::server {
+namespace zoetrope {
 namespace {
 
 sigset_t TerminationSet() {
@@ -40,4 +40,4 @@ void WatchTerminationSignals(std::function<void(int)> on_first) {
   }).detach();
 }
 
-}  // namespace zoetrope::server
+}  // namespace zoetrope

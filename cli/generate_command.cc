@@ -1,4 +1,4 @@
-#include "worker/cli/generate_command.h"
+#include "cli/generate_command.h"
 
 #include <chrono>
 #include <cstdio>
@@ -7,13 +7,13 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/match.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "cli/service_flags.h"
+#include "common/progress_bar.h"
 #include "kernels/backend_factory.h"
-#include "worker/cli/progress_bar.h"
-#include "worker/cli/service_flags.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/text_to_video.h"
 #include "worker/engine/video_writer.h"

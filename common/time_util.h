@@ -5,7 +5,7 @@
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/timestamp.pb.h"
 
-namespace zoetrope::server {
+namespace zoetrope {
 
 inline google::protobuf::Timestamp ToTimestamp(absl::Time time) {
   google::protobuf::Timestamp timestamp;
@@ -37,4 +37,4 @@ inline absl::Duration FromDurationProto(const google::protobuf::Duration& proto)
   return absl::Seconds(proto.seconds()) + absl::Nanoseconds(proto.nanos());
 }
 
-}  // namespace zoetrope::server
+}  // namespace zoetrope

@@ -1,4 +1,4 @@
-#include "worker/cli/progress_bar.h"
+#include "common/progress_bar.h"
 
 #include <unistd.h>
 

@@ -1,5 +1,5 @@
 // Flags of the `zoetrope` client commands that other commands may share (absl flags are global per
-// binary: a flag is defined once, in worker/cli/service_commands.cc, and declared here). `generate`
+// binary: a flag is defined once, in cli/service_commands.cc, and declared here). `generate`
 // should reuse --negative_prompt and --fps from here rather than define its own.
 #pragma once
 

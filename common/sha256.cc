@@ -1,13 +1,25 @@
-#include "server/sha256.h"
+#include "common/sha256.h"
 
 #include <openssl/evp.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
-#include "kernels/check.h"
 
-namespace zoetrope::server {
+namespace zoetrope {
+
+namespace {
+
+// OpenSSL's digest calls fail only when it cannot allocate: there is nothing to recover, and a hash that
+// silently skipped data would corrupt the integrity checks that rely on it.
+void RequireOpenSsl(bool succeeded, const char* call) {
+  if (succeeded) return;
+  std::fprintf(stderr, "zoetrope: OpenSSL %s failed (out of memory?)\n", call);
+  std::abort();
+}
+
+}  // namespace
 
 struct Sha256::Context {
   EVP_MD_CTX* digest = nullptr;
@@ -15,20 +27,20 @@ struct Sha256::Context {
 
 Sha256::Sha256() : context_(std::make_unique<Context>()) {
   context_->digest = EVP_MD_CTX_new();
-  ZCHECK(context_->digest != nullptr);
-  ZCHECK(EVP_DigestInit_ex(context_->digest, EVP_sha256(), nullptr) == 1);
+  RequireOpenSsl(context_->digest != nullptr, "EVP_MD_CTX_new");
+  RequireOpenSsl(EVP_DigestInit_ex(context_->digest, EVP_sha256(), nullptr) == 1, "EVP_DigestInit_ex");
 }
 
 Sha256::~Sha256() { EVP_MD_CTX_free(context_->digest); }
 
 void Sha256::Update(absl::string_view data) {
-  ZCHECK(EVP_DigestUpdate(context_->digest, data.data(), data.size()) == 1);
+  RequireOpenSsl(EVP_DigestUpdate(context_->digest, data.data(), data.size()) == 1, "EVP_DigestUpdate");
 }
 
 std::string Sha256::FinishHex() {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
-  ZCHECK(EVP_DigestFinal_ex(context_->digest, digest, &length) == 1);
+  RequireOpenSsl(EVP_DigestFinal_ex(context_->digest, digest, &length) == 1, "EVP_DigestFinal_ex");
   static constexpr char kHex[] = "0123456789abcdef";
   std::string hex;
   hex.reserve(2 * length);
@@ -51,4 +63,4 @@ std::string Sha256OfFile(const std::string& path) {
   return failed ? "" : hash.FinishHex();
 }
 
-}  // namespace zoetrope::server
+}  // namespace zoetrope

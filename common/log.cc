@@ -1,11 +1,11 @@
-#include "server/log.h"
+#include "common/log.h"
 
 #include <cstdio>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
-namespace zoetrope::server {
+namespace zoetrope {
 
 void LogLine(absl::string_view component, absl::string_view message) {
   const std::string line = absl::StrCat(absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
@@ -14,4 +14,4 @@ void LogLine(absl::string_view component, absl::string_view message) {
   std::fflush(stderr);
 }
 
-}  // namespace zoetrope::server
+}  // namespace zoetrope

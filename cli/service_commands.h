@@ -10,7 +10,7 @@
 // The generation flags (--model, --prompt, --width, --height, --frames, --steps, --guidance, --shift,
 // --sampler, --seed, --output) are those of `zoetrope generate`, with the same defaults; for submit,
 // --model names a model (a path gives its last component, so `--model models/tiny` submits to "tiny").
-// The flags these commands add are declared in worker/cli/service_flags.h for other commands to share.
+// The flags these commands add are declared in cli/service_flags.h for other commands to share.
 #pragma once
 
 namespace zoetrope {

@@ -1,4 +1,4 @@
-#include "worker/cli/service_commands.h"
+#include "cli/service_commands.h"
 
 #include <unistd.h>
 
@@ -24,17 +24,17 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cli/service_flags.h"
+#include "common/progress_bar.h"
+#include "common/sha256.h"
+#include "common/time_util.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
-#include "server/sha256.h"
-#include "server/time_util.h"
-#include "worker/cli/progress_bar.h"
-#include "worker/cli/service_flags.h"
 #include "zoetrope/v1/video_service.grpc.pb.h"
 
-// Shared with `zoetrope generate` (worker/cli/generate_command.cc defines them).
+// Shared with `zoetrope generate` (cli/generate_command.cc defines them).
 ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(std::string, prompt);
 ABSL_DECLARE_FLAG(int64_t, width);
@@ -161,7 +161,7 @@ void PrintJob(const v1::Job& job) {
               request.height(), request.frames(), request.fps(), request.steps(), request.guidance(), request.shift(),
               static_cast<unsigned long long>(request.seed()));
   std::printf("created:   %s\n",
-              absl::FormatTime(absl::RFC3339_sec, server::FromTimestamp(job.create_time()), absl::LocalTimeZone())
+              absl::FormatTime(absl::RFC3339_sec, FromTimestamp(job.create_time()), absl::LocalTimeZone())
                   .c_str());
   if (job.attempt() > 0) std::printf("attempt:   %d on %s\n", job.attempt(), job.worker_id().c_str());
   if (job.state() != v1::JOB_STATE_QUEUED && job.state() != v1::JOB_STATE_RUNNING) {
@@ -314,7 +314,7 @@ absl::StatusOr<v1::SubmitJobRequest> RequestFromFlags() {
         absl::StrCat("--output_format must be native, mp4 or raw (got \"", format, "\")"));
   }
   if (const absl::Duration deadline = absl::GetFlag(FLAGS_deadline); deadline != absl::ZeroDuration()) {
-    *request.mutable_deadline() = server::ToDurationProto(deadline);
+    *request.mutable_deadline() = ToDurationProto(deadline);
   }
   request.set_client_request_id(absl::GetFlag(FLAGS_client_request_id));
   return request;
@@ -523,7 +523,7 @@ int RunFetchCommand(int argc, char** argv) {
   }
   file.close();
   if (bar != nullptr) bar->Finish();
-  if (!expected_sha256.empty() && server::Sha256OfFile(partial) != expected_sha256) {
+  if (!expected_sha256.empty() && Sha256OfFile(partial) != expected_sha256) {
     std::fprintf(stderr, "zoetrope fetch: %s does not match the result's SHA-256; deleting it\n", partial.c_str());
     std::filesystem::remove(partial, error);
     return 1;

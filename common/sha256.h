@@ -7,7 +7,7 @@
 
 #include "absl/strings/string_view.h"
 
-namespace zoetrope::server {
+namespace zoetrope {
 
 class Sha256 {
  public:
@@ -28,4 +28,4 @@ class Sha256 {
 // SHA-256 of a whole file in lowercase hex; empty when the file cannot be read.
 std::string Sha256OfFile(const std::string& path);
 
-}  // namespace zoetrope::server
+}  // namespace zoetrope

@@ -1,4 +1,4 @@
-#include "server/metrics.h"
+#include "common/metrics_endpoint.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -14,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "prometheus/text_serializer.h"
 
-namespace zoetrope::server {
+namespace zoetrope {
 
 const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
   static const prometheus::Histogram::BucketBoundaries buckets = {
@@ -145,4 +145,4 @@ void MetricsEndpoint::Answer(int connection) {
   }
 }
 
-}  // namespace zoetrope::server
+}  // namespace zoetrope
