@@ -7,13 +7,15 @@ For each shape (batch 1, heads, tokens, head dim 128, non-causal) this script
   3. times torch SDPA with the cuDNN backend, the flash backend, and FlexAttention (dense, compiled),
   4. checks our output against SDPA-cuDNN's output and against an fp32 reference on a slice of queries
      (relative L2), and
-  5. writes one JSON document (commit, device, date, per-kernel medians, TFLOP/s, ratios).
+  5. writes one JSON document through bench/write_result.py (commit, device, date; per shape and kernel the
+     median, min, max where known, TFLOP/s, ratios).
 
-usage: attention_baseline.py --bench build/bin/zoetrope-attention-bench --json OUT.json [--shapes 12x32760,40x75600]
-Timing: CUDA events around each call after warm-up, median of --iterations calls.
+usage: attention_baseline.py --bench build/bin/zoetrope-attention-bench [--shapes 12x32760,40x75600]
+                             [--name attention_{gpu} [--results-dir DIR] | --json OUT.json]
+Timing: CUDA events around each call after warm-up, median of --iterations calls. Our binary reports its
+median and minimum; the PyTorch kernels timed here keep every sample.
 """
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -24,8 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import write_result
 
-def median_ms(fn, warmup, iterations):
+
+def timed_ms(fn, warmup, iterations):
+    """Milliseconds of each call (CUDA events), in the order taken."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -38,8 +43,14 @@ def median_ms(fn, warmup, iterations):
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+    return times
+
+
+def timing_entry(times, flops):
+    stats = write_result.summary(times)
+    return {"median_ms": stats["median"], "min_ms": stats["min"], "max_ms": stats["max"],
+            "spread_pct": stats["spread_pct"], "samples_ms": stats["samples"],
+            "tflops": flops / (stats["median"] * 1e-3) / 1e12}
 
 
 def relative_l2(actual, expected):
@@ -80,7 +91,8 @@ def run_shape(args, heads, tokens, dim, workdir):
             result["kernels"][label] = {"error": (completed.stderr or completed.stdout)[-300:]}
             continue
         ours = json.loads(completed.stdout.strip().splitlines()[-1])
-        result["kernels"][label] = {"median_ms": ours["median_ms"], "tflops": ours["tflops"]}
+        result["kernels"][label] = {"median_ms": ours["median_ms"], "min_ms": ours.get("min_ms"),
+                                    "tflops": ours["tflops"]}
         output = torch.from_numpy(numpy.fromfile(path, dtype=numpy.int16)).view(torch.bfloat16)
         outputs[label] = output.view(tokens, heads, dim).transpose(0, 1).unsqueeze(0).cuda()
         os.remove(path)
@@ -98,8 +110,7 @@ def run_shape(args, heads, tokens, dim, workdir):
             output = call()
             if label == "sdpa_cudnn":
                 reference_cudnn = output
-            ms = median_ms(call, args.warmup, args.iterations)
-            result["kernels"][label] = {"median_ms": ms, "tflops": flops / (ms * 1e-3) / 1e12}
+            result["kernels"][label] = timing_entry(timed_ms(call, args.warmup, args.iterations), flops)
         except Exception as error:  # a backend that cannot run this shape is reported, not fatal
             result["kernels"][label] = {"error": str(error)[:300]}
     if not args.skip_flex:
@@ -107,8 +118,7 @@ def run_shape(args, heads, tokens, dim, workdir):
             from torch.nn.attention.flex_attention import flex_attention
             compiled = torch.compile(flex_attention, dynamic=False)
             call = lambda: compiled(q, k, v)
-            ms = median_ms(call, args.warmup, args.iterations)
-            result["kernels"]["flex"] = {"median_ms": ms, "tflops": flops / (ms * 1e-3) / 1e12}
+            result["kernels"]["flex"] = timing_entry(timed_ms(call, args.warmup, args.iterations), flops)
         except Exception as error:
             result["kernels"]["flex"] = {"error": str(error)[:300]}
 
@@ -139,21 +149,19 @@ def run_shape(args, heads, tokens, dim, workdir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", required=True, help="path of zoetrope-attention-bench")
-    parser.add_argument("--json", required=True, help="output JSON path")
+    parser.add_argument("--name", default="attention_{gpu}", help="result name in the results folder ({gpu} = device tag)")
+    parser.add_argument("--results-dir", default=None, help="default: see bench/write_result.py")
+    parser.add_argument("--json", default=None, help="write to this path instead of the results folder")
     parser.add_argument("--shapes", default="12x32760,40x75600", help="HEADSxTOKENS,...")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--skip-flex", action="store_true")
     parser.add_argument("--kernel-timeout", type=int, default=90, help="seconds per run of our binary")
-    parser.add_argument("--commit", default=os.environ.get("ZOETROPE_COMMIT", "unknown"))
+    parser.add_argument("--commit", default=None, help="default: $ZOETROPE_COMMIT or git")
     args = parser.parse_args()
 
     document = {
-        "benchmark": "attention",
-        "commit": args.commit,
-        "device": torch.cuda.get_device_name(0),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "cudnn": torch.backends.cudnn.version(),
         "timing": f"CUDA events, median of {args.iterations} after {args.warmup} warm-up calls",
@@ -165,8 +173,9 @@ def main():
             heads, tokens = (int(part) for part in item.split("x"))
             print(f"shape heads={heads} tokens={tokens} dim={args.dim}", file=sys.stderr, flush=True)
             document["shapes"].append(run_shape(args, heads, tokens, args.dim, workdir))
-    with open(args.json, "w") as file:
-        json.dump(document, file, indent=2)
+    path = write_result.write(args.name, document, directory=args.results_dir, commit_value=args.commit,
+                              device_name=torch.cuda.get_device_name(0), path=args.json)
+    print(f"written {path}", file=sys.stderr)
 
     print(f"{'shape':>10} {'kernel':>13} {'ms':>8} {'TFLOP/s':>8} {'ours/x':>7} {'L2 vs cuDNN':>12} {'L2 vs fp32':>11}")
     for shape in document["shapes"]:

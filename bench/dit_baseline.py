@@ -5,21 +5,23 @@ Written for this benchmark after the official `wan/modules/model.py` structure: 
 matmuls, fp32 residual stream / LayerNorm statistics / modulation (as the official autocast region keeps
 them), RMSNorm over the full width, interleaved 3D RoPE, SDPA for both attentions (best backend: cuDNN
 first), GELU(tanh) FFN. Random weights (the time is independent of their values). Optionally
-torch.compile. Prints and writes JSON: median seconds per forward (CUDA-synchronised wall clock), peak
-memory, TFLOP/s from the analytic FLOPs of spec §7.
+torch.compile. Prints and writes JSON through bench/write_result.py (commit, device, date, shape): per
+variant the seconds of every timed forward (CUDA-synchronised wall clock), median, min, max, peak memory,
+TFLOP/s from the analytic FLOPs of spec §7.
 
-usage: dit_baseline.py [--config 1.3b|14b] [--latent 16,21,60,104] [--compile] [--json OUT]
+usage: dit_baseline.py [--config 1.3b|14b] [--latent 16,21,60,104] [--compile]
+                       [--name dit_forward_1.3b_480p_pytorch_{gpu} [--results-dir DIR] | --json OUT]
 """
 import argparse
-import datetime
 import json
-import os
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import write_result
 
 CONFIGS = {
     "1.3b": dict(dim=1536, ffn=8960, heads=12, layers=30),
@@ -146,7 +148,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(model)")
-    parser.add_argument("--json", default="")
+    parser.add_argument("--name", default="", help="result name in the results folder ({gpu} = device tag)")
+    parser.add_argument("--results-dir", default=None, help="default: see bench/write_result.py")
+    parser.add_argument("--json", default="", help="write to this path instead of the results folder")
+    parser.add_argument("--commit", default=None, help="default: $ZOETROPE_COMMIT or git")
     args = parser.parse_args()
     config = CONFIGS[args.config]
     torch.manual_seed(0)
@@ -155,9 +160,12 @@ def main():
     context = torch.randn(128, TEXT_DIM, device="cuda", dtype=torch.bfloat16)
     tokens = latent.shape[1] * (latent.shape[2] // 2) * (latent.shape[3] // 2)
     flops = forward_flops(config, tokens)
-    results = {"benchmark": "dit_forward_pytorch", "config": args.config, "tokens": tokens, "tflop": flops / 1e12,
-               "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "variants": {}}
+    results = {"model_config": args.config, "tokens": tokens, "tflop": flops / 1e12, "torch": torch.__version__,
+               "cudnn": torch.backends.cudnn.version(),
+               "timing": f"CUDA-synchronised wall clock per forward after {args.warmup} warm-up forwards",
+               "variants": {}}
+    shape = {"config": args.config, "latent": [int(v) for v in args.latent.split(",")], "tokens": tokens,
+             "text_tokens": context.shape[0], "weights": "random bf16 (torch.manual_seed(0))"}
 
     def timed(function, label):
         with torch.no_grad(), sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
@@ -174,9 +182,11 @@ def main():
                 torch.cuda.synchronize()
                 seconds.append(time.perf_counter() - start)
                 timestep -= 20
-        seconds.sort()
-        median = seconds[len(seconds) // 2]
-        results["variants"][label] = {"median_s": median, "min_s": seconds[0], "tflops": flops / median / 1e12,
+        stats = write_result.summary(seconds)
+        median = stats["median"]
+        results["variants"][label] = {"median_s": median, "min_s": stats["min"], "max_s": stats["max"],
+                                      "spread_pct": stats["spread_pct"], "samples_s": stats["samples"],
+                                      "tflops": flops / median / 1e12,
                                       "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
         print(f"{label}: {median:.4f} s, {flops / median / 1e12:.1f} TFLOP/s", flush=True)
 
@@ -187,9 +197,11 @@ def main():
         except Exception as error:
             results["variants"]["compiled"] = {"error": str(error)[:300]}
     print(json.dumps(results))
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(results, file, indent=2)
+    if args.json or args.name:
+        name = args.name or f"dit_forward_{args.config}_pytorch_{{gpu}}"
+        path = write_result.write(name, results, shape=shape, directory=args.results_dir, commit_value=args.commit,
+                                  device_name=torch.cuda.get_device_name(0), path=args.json or None)
+        print(f"written {path}")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Run HERE (not on the GPU machine): builds the CUDA test and benchmark binaries for sm_90a and packs
-# them with the Debian libraries they need into build-cuda-carry/ (git-ignored by /build*/), the one
-# folder to name in the device run's `carry`.
+# them with the Debian libraries they need into build-cuda-carry/ (git-ignored by /build*/), and that
+# folder xz-compressed into build-cuda-pack/carry.tar.xz, the one folder to name in the device run's
+# `carry` (unpack it there first, see below). build-cuda-carry/commit records the commit it was built
+# from (+ "-dirty" when tracked files differed): the device scripts put it into every result file.
 #   scripts/device/pack-cuda.sh [--pipeline] [BUILD_DIR]      (default build-cuda)
+# Without --pipeline: cuda_backend_test, zoetrope-dit-bench, zoetrope-attention-bench (cuda-check.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 # --pipeline: also the CLI and the weight writers, and a tiny model folder, for scripts/device/pipeline-check.sh
+# (one pack then serves pipeline-check.sh, cuda-check.sh and the bench-*.sh scripts)
 pipeline=false
 if [ "${1:-}" = "--pipeline" ]; then pipeline=true; shift; fi
 build=${1:-$root/build-cuda}
 carry=$root/build-cuda-carry
 cmake -S "$root" -B "$build" -G Ninja -DZOETROPE_CUDA=ON >/dev/null
-binaries=(cuda_backend_test zoetrope-dit-bench)
-$pipeline || binaries+=(zoetrope-attention-bench)
+binaries=(cuda_backend_test zoetrope-dit-bench zoetrope-attention-bench)
 $pipeline && binaries+=(zoetrope zoetrope-mkweights zoetrope-mkweights-text zoetrope-mkweights-vae)
 ninja -C "$build" -j2 "${binaries[@]}"
 rm -rf "$carry"
@@ -23,13 +26,17 @@ if $pipeline; then
 fi
 strip "$carry"/bin/*
 "$root/../shared/device/collect-libs.sh" "$carry/lib" "$carry"/bin/*
-git -C "$root" rev-parse HEAD > "$carry/commit" 2>/dev/null || echo unknown > "$carry/commit"
+if head=$(git -C "$root" rev-parse HEAD 2>/dev/null); then
+  # Plumbing only (never writes the index); a file merely touched may count as a difference.
+  git -C "$root" diff-index --quiet HEAD -- || head=$head-dirty
+  echo "$head" > "$carry/commit"
+else
+  echo unknown > "$carry/commit"
+fi
 du -sh "$carry"
 # The Debian libraries (FFmpeg's codecs, OpenBLAS, ICU, gRPC) are ~230 MiB: compressed they fit the
 # 64 MiB a device run may carry. Carry build-cuda-pack and unpack it there first:
 #   mkdir -p build-cuda-carry && tar -C build-cuda-carry -xJf build-cuda-pack/carry.tar.xz
-if $pipeline; then
-  mkdir -p "$root/build-cuda-pack"
-  tar -C "$carry" -cf - . | xz -9e -T2 > "$root/build-cuda-pack/carry.tar.xz"
-  du -sh "$root/build-cuda-pack"
-fi
+mkdir -p "$root/build-cuda-pack"
+tar -C "$carry" -cf - . | xz -9e -T2 > "$root/build-cuda-pack/carry.tar.xz"
+du -sh "$root/build-cuda-pack"
