@@ -15,23 +15,29 @@
 //
 // Thread-safe: one mutex guards everything. Store writes happen under it (a submit waits for its own
 // commit). Event sinks are called under it and must not block or call back into the scheduler.
+//
+// The queue's order is JobQueue's (server/job_queue.h), event delivery JobWatchers' (server/job_events.h).
+// The member functions are split by responsibility: scheduler.cc (creation, recovery, the public API,
+// snapshots and events), scheduler_dispatch.cc (dispatch and the job lifecycle), scheduler_workers.cc (the
+// worker protocol), scheduler_timer.cc (ticks: deadlines, silent workers, grace times, result retention).
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <thread>
-#include <tuple>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/job_events.h"
+#include "server/job_queue.h"
 #include "server/job_store.h"
 #include "server/result_store.h"
 #include "server/scheduler_metrics.h"
@@ -75,16 +81,6 @@ class WorkerChannel {
   virtual void Send(const zoetrope::v1::SchedulerMessage& message) = 0;
   // Ends the stream (a worker that went silent, or was replaced by a newer stream of the same id).
   virtual void Close() = 0;
-};
-
-// Receives one job's events. Called with the scheduler's lock held: must not block.
-class JobEventSink {
- public:
-  virtual ~JobEventSink() = default;
-  // `final` is set on the last event (the job finished); nothing follows it.
-  virtual void OnEvent(const zoetrope::v1::JobEvent& event, bool final) = 0;
-  // False once the client went away; the scheduler then drops the sink.
-  virtual bool IsOpen() const = 0;
 };
 
 struct ResultLocation {
@@ -143,7 +139,7 @@ class Scheduler {
     double step_seconds_sum = 0.0;
     int steps_reported = 0;
     int last_sent_position = 0;
-    std::vector<std::shared_ptr<JobEventSink>> watchers;
+    JobWatchers watchers;
   };
   struct WorkerState {
     uint64_t connection = 0;
@@ -156,16 +152,10 @@ class Scheduler {
     absl::Time last_seen;
     absl::Time idle_since;
   };
-  // (−priority, sequence): the queue's order.
-  using QueueKey = std::tuple<int, int64_t, std::string>;
-
   Scheduler(SchedulerOptions options, SchedulerMetrics* metrics, std::unique_ptr<JobStore> store,
             std::unique_ptr<ResultStore> results);
+  // scheduler.cc: recovery, models, snapshots and events.
   absl::Status Recover();
-  void TimerLoop();
-  void TickLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void SweepResultsLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-
   absl::StatusOr<zoetrope::v1::Job> SubmitLocked(const zoetrope::v1::SubmitJobRequest& request, std::string* id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::Status WatchLocked(const std::string& id, std::shared_ptr<JobEventSink> sink)
@@ -178,6 +168,7 @@ class Scheduler {
   int QueuePositionLocked(const LiveJob& live) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::Status PersistLocked(const LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
+  // Queue membership with the queue-depth gauge kept in step.
   void QueueInsertLocked(LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void QueueEraseLocked(const LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void PublishRunningLocked(const std::string& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -188,6 +179,7 @@ class Scheduler {
   void EmitQueuedLocked(LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void UpdatePositionsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
+  // scheduler_dispatch.cc: dispatch and the job lifecycle.
   bool CanRunLocked(const WorkerState& worker, const LiveJob& live) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void DispatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void AssignLocked(WorkerState& worker, LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -195,8 +187,17 @@ class Scheduler {
   // returns the final job.
   zoetrope::v1::Job FinishLocked(LiveJob& live, zoetrope::v1::JobState state, int error_code,
                                  const std::string& error_message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // FinishLocked as CANCELLED for a cancel request; the message is "cancelled by request" followed by
+  // `circumstance` (e.g. " while queued", "; its worker went away").
+  zoetrope::v1::Job FinishCancelledByRequestLocked(LiveJob& live, absl::string_view circumstance)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Asks the worker of a running job to stop at its next step (if it is connected now) and records that it
+  // did, so that a worker that reconnects is told again and the same cancel is not sent twice.
+  void CancelRunningLocked(LiveJob& live, int code, absl::string_view reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void RequeueLocked(LiveJob& live, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void OrphanJobLocked(LiveJob& live, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  // scheduler_workers.cc: the worker protocol.
   void DetachLocked(uint64_t connection) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void HandleProgressLocked(WorkerState& worker, const zoetrope::v1::JobProgress& progress)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -207,6 +208,11 @@ class Scheduler {
   LiveJob* FindCurrentAttemptLocked(const WorkerState& worker, const std::string& job_id, int attempt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
+  // scheduler_timer.cc: the timer thread.
+  void TimerLoop();
+  void TickLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void SweepResultsLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
   const SchedulerOptions options_;
   SchedulerMetrics* const metrics_;
 
@@ -214,8 +220,7 @@ class Scheduler {
   std::unique_ptr<JobStore> store_ ABSL_GUARDED_BY(mutex_);
   std::unique_ptr<ResultStore> results_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<std::string, LiveJob> live_ ABSL_GUARDED_BY(mutex_);
-  std::set<QueueKey> queue_ ABSL_GUARDED_BY(mutex_);
-  std::map<std::pair<std::string, int>, int> queued_by_model_priority_ ABSL_GUARDED_BY(mutex_);
+  JobQueue queue_ ABSL_GUARDED_BY(mutex_);
   std::map<std::string, int> running_by_model_ ABSL_GUARDED_BY(mutex_);
   std::map<uint64_t, WorkerState> workers_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<std::string, uint64_t> connection_of_worker_ ABSL_GUARDED_BY(mutex_);

@@ -1,0 +1,210 @@
+// Dispatch and the job lifecycle: which queued job goes to which idle worker, and every transition of a
+// live job after acceptance (started, finished in any state, queued again, orphaned by its worker,
+// cancelled). These are the only places that move a job between the queue, the running counts and the
+// store, so they are kept together where their bookkeeping can be checked against each other.
+#include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/time_util.h"
+#include "server/scheduler.h"
+#include "server/scheduler_internal.h"
+
+namespace zoetrope::server {
+namespace {
+
+namespace v1 = zoetrope::v1;
+
+void SetError(v1::Job& job, int code, const std::string& message) {
+  v1::JobError* error = job.mutable_error();
+  error->set_code(code);
+  error->set_code_name(absl::StatusCodeToString(static_cast<absl::StatusCode>(code)));
+  error->set_message(message);
+}
+
+}  // namespace
+
+bool Scheduler::CanRunLocked(const WorkerState& worker, const LiveJob& live) const {
+  const v1::WorkerCapabilities& capabilities = worker.capabilities;
+  const v1::SubmitJobRequest& request = live.job.request();
+  if (std::find(capabilities.models().begin(), capabilities.models().end(), request.model()) ==
+      capabilities.models().end()) {
+    return false;
+  }
+  if (capabilities.max_tokens() > 0 && live.tokens > capabilities.max_tokens()) return false;
+  if (request.output_format() != v1::OUTPUT_FORMAT_UNSPECIFIED &&
+      std::find(capabilities.output_formats().begin(), capabilities.output_formats().end(), request.output_format()) ==
+          capabilities.output_formats().end()) {
+    return false;
+  }
+  return true;
+}
+
+void Scheduler::DispatchLocked() {
+  if (draining_ || stopping_ || queue_.empty()) return;
+  std::vector<WorkerState*> idle;
+  for (auto& [connection, worker] : workers_) {
+    if (!worker.draining && worker.job_id.empty() && worker.stale_job.empty()) idle.push_back(&worker);
+  }
+  if (idle.empty()) return;
+  std::sort(idle.begin(), idle.end(),
+            [](const WorkerState* a, const WorkerState* b) { return a->idle_since < b->idle_since; });
+  bool assigned = false;
+  for (WorkerState* worker : idle) {
+    for (const JobQueue::Entry& entry : queue_) {
+      LiveJob& live = live_.at(entry.job_id);
+      if (!CanRunLocked(*worker, live)) continue;
+      AssignLocked(*worker, live);
+      assigned = true;
+      break;
+    }
+    if (queue_.empty()) break;
+  }
+  if (assigned) {
+    UpdatePositionsLocked();
+    PublishWorkersLocked();
+  }
+}
+
+void Scheduler::AssignLocked(WorkerState& worker, LiveJob& live) {
+  const absl::Time now = absl::Now();
+  QueueEraseLocked(live);
+  live.job.set_state(v1::JOB_STATE_RUNNING);
+  live.job.set_attempt(live.job.attempt() + 1);
+  live.job.set_worker_id(worker.id);
+  *live.job.mutable_start_time() = ToTimestamp(now);
+  live.job.clear_end_time();
+  live.job.mutable_progress()->set_phase(v1::PHASE_LOADING);
+  live.job.mutable_progress()->set_step(0);
+  live.job.mutable_progress()->set_step_seconds(0);
+  live.job.mutable_progress()->set_eta_seconds(0);
+  const double queue_seconds = absl::ToDoubleSeconds(now - FromTimestamp(live.job.create_time()));
+  live.job.mutable_measurements()->set_queue_seconds(queue_seconds);
+  live.job.mutable_measurements()->set_gpus(worker.capabilities.gpus());
+  live.connection = worker.connection;
+  live.orphaned_until = absl::InfiniteFuture();
+  live.cancel_sent = false;
+  live.step_seconds_sum = 0;
+  live.steps_reported = 0;
+  (void)PersistLocked(live);
+  worker.job_id = live.job.id();
+  ++running_by_model_[live.job.request().model()];
+  PublishRunningLocked(live.job.request().model());
+  if (metrics_ != nullptr) metrics_->JobStarted(live.job.request().model(), queue_seconds);
+
+  v1::SchedulerMessage message;
+  v1::JobAssignment* assignment = message.mutable_assignment();
+  assignment->set_job_id(live.job.id());
+  assignment->set_attempt(live.job.attempt());
+  *assignment->mutable_request() = live.job.request();
+  if (live.deadline != absl::InfiniteFuture()) {
+    *assignment->mutable_time_left() = ToDurationProto(std::max(live.deadline - now, absl::ZeroDuration()));
+  }
+  worker.channel->Send(message);
+
+  EmitLocked(live, StartedEvent(worker.id, live.job.attempt()), false);
+}
+
+v1::Job Scheduler::FinishLocked(LiveJob& live, v1::JobState state, int error_code, const std::string& error_message) {
+  const absl::Time now = absl::Now();
+  const v1::JobState previous = live.job.state();
+  if (previous == v1::JOB_STATE_QUEUED) QueueEraseLocked(live);
+  const bool ran = previous == v1::JOB_STATE_RUNNING;
+  if (ran) {
+    --running_by_model_[live.job.request().model()];
+    PublishRunningLocked(live.job.request().model());
+    auto worker = workers_.find(live.connection);
+    if (worker != workers_.end() && worker->second.job_id == live.job.id()) {
+      worker->second.job_id.clear();
+      worker->second.idle_since = now;
+    }
+    results_->Abort(live.job.id());
+  }
+  live.job.set_state(state);
+  *live.job.mutable_end_time() = ToTimestamp(now);
+  live.job.set_queue_position(0);
+  live.job.mutable_progress()->set_phase(v1::PHASE_DONE);
+  live.job.mutable_progress()->set_eta_seconds(0);
+  if (error_code != kCodeOk) SetError(live.job, error_code, error_message);
+  v1::Measurements& measurements = *live.job.mutable_measurements();
+  if (ran) {
+    measurements.set_run_seconds(absl::ToDoubleSeconds(now - FromTimestamp(live.job.start_time())));
+    const double gpu_hours = measurements.gpus() * measurements.run_seconds() / 3600.0;
+    const double kilowatt_hours = measurements.gpu_energy_joules() / 3.6e6;
+    measurements.set_cost_usd(gpu_hours * options_.price_per_gpu_hour +
+                              kilowatt_hours * options_.power_usage_effectiveness * options_.price_per_kwh);
+  } else if (previous == v1::JOB_STATE_QUEUED) {
+    measurements.set_queue_seconds(absl::ToDoubleSeconds(now - FromTimestamp(live.job.create_time())));
+  }
+  (void)PersistLocked(live);
+  if (metrics_ != nullptr) {
+    metrics_->JobFinished(live.job.request().model(), JobStateName(state), measurements.run_seconds(),
+                          absl::ToDoubleSeconds(now - FromTimestamp(live.job.create_time())),
+                          measurements.gpu_energy_joules(), measurements.cost_usd(), ran);
+    if (state == v1::JOB_STATE_SUCCEEDED) metrics_->SetResultStoreBytes(static_cast<double>(results_->stored_bytes()));
+  }
+  Log("scheduler", "job ", live.job.id(), " ", JobStateName(state), " (attempt ", live.job.attempt(), ")",
+      error_code != kCodeOk ? absl::StrCat(": ", error_message) : "");
+
+  EmitLocked(live, FinishedEvent(live.job), true);
+  v1::Job final_job = std::move(live.job);
+  live_.erase(final_job.id());
+  if (previous == v1::JOB_STATE_QUEUED) UpdatePositionsLocked();
+  PublishWorkersLocked();
+  return final_job;
+}
+
+v1::Job Scheduler::FinishCancelledByRequestLocked(LiveJob& live, absl::string_view circumstance) {
+  return FinishLocked(live, v1::JOB_STATE_CANCELLED, kCodeCancelled,
+                      absl::StrCat("cancelled by request", circumstance));
+}
+
+void Scheduler::CancelRunningLocked(LiveJob& live, int code, absl::string_view reason) {
+  live.cancel_sent = true;
+  live.cancel_code = code;
+  auto worker = workers_.find(live.connection);
+  if (worker != workers_.end()) SendCancel(*worker->second.channel, live.job.id(), live.job.attempt(), code, reason);
+}
+
+void Scheduler::RequeueLocked(LiveJob& live, const std::string& reason) {
+  --running_by_model_[live.job.request().model()];
+  PublishRunningLocked(live.job.request().model());
+  auto worker = workers_.find(live.connection);
+  if (worker != workers_.end() && worker->second.job_id == live.job.id()) {
+    worker->second.job_id.clear();
+    worker->second.idle_since = absl::Now();
+  }
+  results_->Abort(live.job.id());
+  live.job.set_state(v1::JOB_STATE_QUEUED);
+  live.job.clear_worker_id();
+  live.job.clear_start_time();
+  live.job.mutable_progress()->set_phase(v1::PHASE_QUEUED);
+  live.job.mutable_progress()->set_step(0);
+  live.job.mutable_progress()->set_step_seconds(0);
+  live.job.mutable_progress()->set_eta_seconds(0);
+  live.connection = 0;
+  live.orphaned_until = absl::InfiniteFuture();
+  live.cancel_sent = false;
+  (void)PersistLocked(live);
+  QueueInsertLocked(live);
+  if (metrics_ != nullptr) metrics_->JobRequeued(live.job.request().model(), reason);
+  Log("scheduler", "job ", live.job.id(), " queued again after attempt ", live.job.attempt(), " (", reason, ")");
+  // Position 0 is never a real position: the update below tells its watchers where it stands now.
+  live.last_sent_position = 0;
+  UpdatePositionsLocked();
+}
+
+void Scheduler::OrphanJobLocked(LiveJob& live, absl::Time now) {
+  live.connection = 0;
+  if (live.job.cancel_requested()) {
+    FinishCancelledByRequestLocked(live, "; its worker went away");
+    return;
+  }
+  live.orphaned_until = now + options_.worker_grace;
+}
+
+}  // namespace zoetrope::server

@@ -1,0 +1,25 @@
+// What the scheduler's source files share and nobody else needs: the status codes the worker protocol and
+// job errors carry as integers, and the one way to build a CancelAssignment. The Scheduler's member
+// functions are split over scheduler.cc, scheduler_dispatch.cc, scheduler_workers.cc and
+// scheduler_timer.cc by responsibility; this header keeps those files from each redefining these.
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "server/scheduler.h"
+
+namespace zoetrope::server {
+
+inline constexpr int kCodeOk = 0;
+inline constexpr int kCodeCancelled = static_cast<int>(absl::StatusCode::kCancelled);
+inline constexpr int kCodeDeadlineExceeded = static_cast<int>(absl::StatusCode::kDeadlineExceeded);
+inline constexpr int kCodeUnavailable = static_cast<int>(absl::StatusCode::kUnavailable);
+inline constexpr int kCodeDataLoss = static_cast<int>(absl::StatusCode::kDataLoss);
+
+// Tells a worker to stop (job, attempt) at its next denoising step; `code` and `reason` end up in the
+// job's error if the worker reports the stop.
+void SendCancel(WorkerChannel& channel, const std::string& job_id, int attempt, int code, absl::string_view reason);
+
+}  // namespace zoetrope::server

@@ -1,0 +1,122 @@
+// The scheduler's timer thread: every tick it ends jobs whose deadline passed (EXPIRED in the queue; asked
+// to stop, or FAILED when their worker is gone, while running), queues again or fails jobs whose worker
+// stayed away past the grace time, disconnects silent workers, and deletes results past their retention.
+// Everything here is driven by time rather than by a request or a worker message, which is why it is
+// apart from the API and the worker protocol.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "server/scheduler.h"
+#include "server/scheduler_internal.h"
+
+namespace zoetrope::server {
+namespace {
+
+namespace v1 = zoetrope::v1;
+
+}  // namespace
+
+void Scheduler::TimerLoop() {
+  absl::MutexLock lock(&mutex_);
+  while (!stopping_) {
+    mutex_.AwaitWithTimeout(absl::Condition(&stopping_), options_.tick_interval);
+    if (stopping_) break;
+    TickLocked(absl::Now());
+  }
+}
+
+void Scheduler::TickLocked(absl::Time now) {
+  // Deadlines and lost workers of live jobs. Collect first: finishing a job erases it from live_.
+  std::vector<std::string> expired, overdue, lost;
+  for (auto& [id, live] : live_) {
+    if (live.job.state() == v1::JOB_STATE_QUEUED) {
+      if (live.deadline <= now) expired.push_back(id);
+    } else {
+      // A deadline cancel already sent is not sent again while the worker winds down.
+      if (live.deadline <= now && !(live.cancel_sent && live.cancel_code == kCodeDeadlineExceeded)) {
+        overdue.push_back(id);
+      }
+      if (live.connection == 0 && live.orphaned_until <= now) lost.push_back(id);
+    }
+  }
+  for (const std::string& id : expired) {
+    auto found = live_.find(id);
+    if (found != live_.end()) {
+      FinishLocked(found->second, v1::JOB_STATE_EXPIRED, kCodeDeadlineExceeded,
+                   "the deadline passed while the job was queued");
+    }
+  }
+  for (const std::string& id : overdue) {
+    auto found = live_.find(id);
+    if (found == live_.end()) continue;
+    LiveJob& live = found->second;
+    const std::string reason = "the deadline passed while the job was running";
+    if (live.connection == 0 || !workers_.contains(live.connection)) {
+      FinishLocked(live, v1::JOB_STATE_FAILED, kCodeDeadlineExceeded, reason);
+      continue;
+    }
+    CancelRunningLocked(live, kCodeDeadlineExceeded, reason);
+  }
+  for (const std::string& id : lost) {
+    auto found = live_.find(id);
+    if (found == live_.end() || found->second.connection != 0) continue;
+    LiveJob& live = found->second;
+    if (live.job.cancel_requested()) {
+      FinishCancelledByRequestLocked(live, "; its worker did not come back");
+      continue;
+    }
+    ++live.worker_losses;
+    if (live.worker_losses >= options_.max_worker_losses) {
+      FinishLocked(
+          live, v1::JOB_STATE_FAILED, kCodeUnavailable,
+          absl::StrCat("the job's worker was lost ", live.worker_losses, " times (last: ", live.job.worker_id(), ")"));
+    } else {
+      RequeueLocked(live, "worker_lost");
+    }
+  }
+
+  // Workers that went silent.
+  std::vector<uint64_t> silent;
+  for (const auto& [connection, worker] : workers_) {
+    if (now - worker.last_seen > options_.worker_timeout) silent.push_back(connection);
+  }
+  for (uint64_t connection : silent) {
+    auto found = workers_.find(connection);
+    Log("scheduler", "worker ", found->second.id, " silent for more than ",
+        absl::FormatDuration(options_.worker_timeout), ": disconnecting it");
+    found->second.channel->Close();
+    DetachLocked(connection);
+  }
+
+  if (now >= next_result_sweep_) SweepResultsLocked(now);
+  DispatchLocked();
+}
+
+void Scheduler::SweepResultsLocked(absl::Time now) {
+  next_result_sweep_ = now + std::clamp(options_.result_retention / 10, absl::Milliseconds(200), absl::Minutes(1));
+  absl::StatusOr<std::vector<StoredJob>> old =
+      store_->ResultsEndedBefore(absl::ToUnixNanos(now - options_.result_retention), 1000);
+  if (!old.ok()) {
+    Log("scheduler", "result retention: ", old.status().message());
+    return;
+  }
+  int deleted = 0;
+  for (StoredJob& stored : *old) {
+    if (absl::Status removed = results_->Delete(stored.job.id()); !removed.ok()) {
+      Log("scheduler", "result retention: ", removed.message());
+      continue;
+    }
+    stored.job.set_result_available(false);
+    if (store_->Update(stored.job, stored.worker_losses).ok()) ++deleted;
+  }
+  if (deleted > 0 && metrics_ != nullptr) {
+    metrics_->ResultsDeleted(deleted);
+    metrics_->SetResultStoreBytes(static_cast<double>(results_->stored_bytes()));
+  }
+}
+
+}  // namespace zoetrope::server
