@@ -14,6 +14,7 @@
 #include "common/progress_bar.h"
 #include "kernels/backend_factory.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "parallel/sparsity_plan.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/text_to_video.h"
 #include "worker/engine/video_writer.h"
@@ -32,6 +33,9 @@ ABSL_FLAG(std::string, output, "out/video.mp4", "output: an .mp4 file, a folder 
 ABSL_FLAG(std::string, format, "", "output format: mp4, png, raw (decoded frames) or latent (skip the VAE; default: from the output name)");
 ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the cpu device (0 = all cores)");
+ABSL_FLAG(std::string, attention, "",
+          "self-attention sparsity plan: a preset (dense, radial, attention-tile, sliding-tile) or a plan YAML file "
+          "(empty: dense for generate and serve, the worker's default for submit)");
 ABSL_FLAG(int64_t, vae_chunk_frames, 1, "latent frames per VAE decode chunk (bounds memory; 0 = all at once)");
 
 namespace zoetrope {
@@ -49,6 +53,11 @@ absl::StatusOr<VideoFormat> OutputFormat(const std::string& output) {
   return VideoFormat::kPng;
 }
 
+std::string AttentionFlagOr(const std::string& default_plan) {
+  const std::string value = absl::GetFlag(FLAGS_attention);
+  return value.empty() ? default_plan : value;
+}
+
 absl::Status Generate() {
   GenerationParameters parameters;
   parameters.prompt = absl::GetFlag(FLAGS_prompt);
@@ -64,6 +73,10 @@ absl::Status Generate() {
   absl::StatusOr<SamplerKind> sampler = ParseSamplerKind(absl::GetFlag(FLAGS_sampler));
   if (!sampler.ok()) return absl::InvalidArgumentError(absl::StrCat("--sampler: ", sampler.status().message()));
   parameters.sampler = *sampler;
+  absl::StatusOr<SparsityPlanText> attention = ReadSparsityPlanText(AttentionFlagOr("dense"));
+  if (!attention.ok()) return absl::InvalidArgumentError(absl::StrCat("--attention: ", attention.status().message()));
+  parameters.attention = attention->text;
+  parameters.attention_source = attention->source;
   if (absl::Status valid = ValidateGenerationParameters(parameters); !valid.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", valid.message()));
   }
@@ -114,6 +127,8 @@ absl::Status Generate() {
 
   if (latent_only) {
     if (absl::Status written = WriteSafetensors(output, {{"latent", result->latent}}); !written.ok()) return written;
+    std::fprintf(stderr, "attention %s: mean block density %.4f\n", attention->source.c_str(),
+                 result->attention_density);
     std::fprintf(stderr, "text %.2f s, denoise %.2f s (%.3f s/step)\n", result->text_seconds, result->denoise_seconds,
                  result->denoise_seconds / parameters.steps);
     std::printf("%s\n", output.c_str());
@@ -128,6 +143,7 @@ absl::Status Generate() {
   const auto write_start = std::chrono::steady_clock::now();
   if (absl::Status written = WriteVideo(result->frames, video); !written.ok()) return written;
   const double write_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - write_start).count();
+  std::fprintf(stderr, "attention %s: mean block density %.4f\n", attention->source.c_str(), result->attention_density);
   std::fprintf(stderr, "text %.2f s, denoise %.2f s (%.3f s/step), decode %.2f s, write %.2f s\n",
                result->text_seconds, result->denoise_seconds, result->denoise_seconds / parameters.steps,
                result->decode_seconds, write_seconds);

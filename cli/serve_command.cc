@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "common/log.h"
 #include "common/signals.h"
+#include "parallel/sparsity_plan.h"
 #include "server/scheduler_server.h"
 #include "worker/pipeline_job_runner.h"
 #include "worker/worker_agent.h"
@@ -23,6 +24,7 @@ ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(int32_t, threads);
 ABSL_DECLARE_FLAG(std::string, device);
 ABSL_DECLARE_FLAG(int64_t, vae_chunk_frames);
+ABSL_DECLARE_FLAG(std::string, attention);
 
 ABSL_FLAG(bool, embedded, false, "serve: run the scheduler and one local worker in this process");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "serve: gRPC listen address (port 0 picks a free one)");
@@ -49,6 +51,13 @@ int RunServeCommand(int argc, char** argv) {
   pipeline.threads = absl::GetFlag(FLAGS_threads);
   pipeline.device = absl::GetFlag(FLAGS_device);
   pipeline.vae_chunk_frames = absl::GetFlag(FLAGS_vae_chunk_frames);
+  const std::string attention_flag = absl::GetFlag(FLAGS_attention);
+  absl::StatusOr<SparsityPlanText> attention = ReadSparsityPlanText(attention_flag.empty() ? "dense" : attention_flag);
+  if (!attention.ok()) {
+    std::fprintf(stderr, "zoetrope serve: --attention: %s\n", std::string(attention.status().message()).c_str());
+    return 2;
+  }
+  pipeline.default_attention = attention->text;
   absl::StatusOr<std::unique_ptr<PipelineJobRunner>> runner = PipelineJobRunner::Create(pipeline);
   if (!runner.ok()) {
     std::fprintf(stderr, "zoetrope serve: %s\n", std::string(runner.status().message()).c_str());

@@ -32,6 +32,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "parallel/sparsity_plan.h"
 #include "zoetrope/v1/video_service.grpc.pb.h"
 
 // Shared with `zoetrope generate` (cli/generate_command.cc defines them).
@@ -46,6 +47,7 @@ ABSL_DECLARE_FLAG(double, shift);
 ABSL_DECLARE_FLAG(std::string, sampler);
 ABSL_DECLARE_FLAG(uint64_t, seed);
 ABSL_DECLARE_FLAG(std::string, output);
+ABSL_DECLARE_FLAG(std::string, attention);
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "scheduler address (host:port); $ZOETROPE_SERVER overrides the default");
 ABSL_FLAG(std::string, negative_prompt, "", "what the video should not show");
@@ -317,6 +319,14 @@ absl::StatusOr<v1::SubmitJobRequest> RequestFromFlags() {
     *request.mutable_deadline() = ToDurationProto(deadline);
   }
   request.set_client_request_id(absl::GetFlag(FLAGS_client_request_id));
+  // Left out, the worker's default plan applies; a plan file travels as its text.
+  if (!absl::GetFlag(FLAGS_attention).empty()) {
+    absl::StatusOr<SparsityPlanText> attention = ReadSparsityPlanText(absl::GetFlag(FLAGS_attention));
+    if (!attention.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--attention: ", attention.status().message()));
+    }
+    request.set_attention(attention->text);
+  }
   return request;
 }
 

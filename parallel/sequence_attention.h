@@ -35,6 +35,9 @@ class SequenceAttention {
   // in the backend's compute dtype. Returns the attention output for the same shard and shape.
   virtual Tensor Attend(Backend& backend, const Tensor& q, const Tensor& k, const Tensor& v,
                         const AttentionSite& site) = 0;
+  // Mean block density of what the calls so far computed (computed blocks / all blocks, every head of
+  // every call weighted equally): 1 for dense attention.
+  virtual double mean_block_density() const { return 1.0; }
 };
 
 // Single device, dense: the whole sequence is local.

@@ -292,6 +292,54 @@ absl::StatusOr<BlockSparseLayout> BuildRadialLayout(const TokenGrid& grid, const
   return writer.Finish();
 }
 
+int64_t RadialFramePairWindow(const TokenGrid& grid, const RadialParameters& parameters, int key_block,
+                              int64_t query_frame, int64_t key_frame) {
+  ZCHECK_MSG(ValidateGrid(grid).ok() && key_block >= 1 && parameters.decay > 0.0 && std::isfinite(parameters.decay) &&
+                 query_frame >= 0 && query_frame < grid.frames && key_frame >= 0 && key_frame < grid.frames,
+             "RadialFramePairWindow(" << grid.frames << "x" << grid.height << "x" << grid.width << ", decay "
+                                      << parameters.decay << ", key_block " << key_block << ", frames " << query_frame
+                                      << " -> " << key_frame << ")");
+  const int64_t tokens_per_frame = grid.height * grid.width;
+  const FramePairRule rule = RadialFramePairRule(query_frame, key_frame, tokens_per_frame, parameters.decay, key_block);
+  switch (rule.kind) {
+    case PairKind::kEmpty:
+      return -1;
+    case PairKind::kFull:
+      return tokens_per_frame - 1;
+    case PairKind::kBand:
+      return std::min(rule.window, tokens_per_frame - 1);
+  }
+  return -1;
+}
+
+absl::StatusOr<int64_t> RadialTokenMaskEntries(const TokenGrid& grid, const RadialParameters& parameters,
+                                               int key_block) {
+  if (absl::Status status = ValidateGrid(grid); !status.ok()) return status;
+  if (key_block < 1) return absl::InvalidArgumentError(absl::StrCat("key_block must be ≥ 1, got ", key_block));
+  if (!(parameters.decay > 0.0) || !std::isfinite(parameters.decay)) {
+    return absl::InvalidArgumentError(absl::StrCat("radial decay must be finite and > 0, got ", parameters.decay));
+  }
+  const int64_t frames = grid.frames, tokens_per_frame = grid.height * grid.width;
+  // Pairs (k, l) of [0, s)² with |k − l| ≤ w: the diagonal plus 2·(s − g) pairs at each gap g = 1 … w.
+  const auto band_pairs = [tokens_per_frame](int64_t window) -> int64_t {
+    if (window < 0) return 0;
+    return tokens_per_frame * (2 * window + 1) - window * (window + 1);
+  };
+  // The rule of a frame pair depends only on its distance d, except that key frame 0 is always whole (the
+  // attention sink): that is F whole pairs, one per query frame. Of the other ordered pairs, F − 1 have
+  // d = 0 and 2·(F − d) − 1 have d ≥ 1 (both orders, less the one whose key frame is 0); ask the rule
+  // for a representative pair whose key frame is not 0.
+  int64_t entries = frames * tokens_per_frame * tokens_per_frame;
+  for (int64_t distance = 0; distance < frames; ++distance) {
+    const int64_t pairs = distance == 0 ? frames - 1 : 2 * (frames - distance) - 1;
+    if (pairs == 0) continue;
+    const int64_t window = distance == 0 ? RadialFramePairWindow(grid, parameters, key_block, 1, 1)
+                                         : RadialFramePairWindow(grid, parameters, key_block, 0, distance);
+    entries += pairs * band_pairs(window);
+  }
+  return entries;
+}
+
 absl::StatusOr<BlockSparseLayout> BuildAttentionTileLayout(const TokenGrid& grid,
                                                            const AttentionTileParameters& parameters,
                                                            const BlockShape& blocks) {
@@ -510,6 +558,57 @@ absl::StatusOr<std::shared_ptr<const BlockSparseLayout>> SparseLayoutCache::Get(
 size_t SparseLayoutCache::size() const {
   absl::MutexLock lock(&mutex_);
   return entries_.size();
+}
+
+SparseLayoutRequest LayoutRequest(const AttentionMode& attention, const TokenGrid& grid, const BlockShape& blocks) {
+  SparseLayoutRequest request;
+  request.mode = attention.mode;
+  request.grid = grid;
+  request.blocks = blocks;
+  request.radial = attention.radial;
+  request.attention_tile = attention.attention_tile;
+  request.sliding_tile = attention.sliding_tile;
+  return request;
+}
+
+absl::StatusOr<BlockSparseLayout> BuildSiteLayout(const SiteAttention& site, const TokenGrid& grid,
+                                                  const BlockShape& blocks) {
+  if (site.groups.empty()) return absl::InvalidArgumentError("a site without head groups has no layout");
+  if (site.uniform()) return BuildSparseLayout(LayoutRequest(site.uniform_mode(), grid, blocks));
+  if (site.tile_major()) {
+    return absl::InvalidArgumentError(
+        "sliding-tile cannot share a site with another mode: it re-orders the tokens of every head");
+  }
+  std::vector<BlockSparseLayout> group_layouts;
+  int64_t heads = 0, max_entries = 0;
+  for (const HeadGroup& group : site.groups) {
+    absl::StatusOr<BlockSparseLayout> layout = BuildSparseLayout(LayoutRequest(group.attention, grid, blocks));
+    if (!layout.ok()) return layout.status();
+    max_entries = std::max(max_entries, layout->column_indices.dim(1));
+    heads += group.head_count;
+    group_layouts.push_back(*std::move(layout));
+  }
+  const int64_t row_length = group_layouts.front().row_offsets.dim(1);
+  BlockSparseLayout combined;
+  combined.query_block = blocks.query_block;
+  combined.key_block = blocks.key_block;
+  combined.row_offsets = Tensor::Host({heads, row_length}, DType::kI32);
+  combined.column_indices = Tensor::Host({heads, max_entries}, DType::kI32);
+  int32_t* offsets = combined.row_offsets.data<int32_t>();
+  int32_t* columns = combined.column_indices.data<int32_t>();
+  std::fill(columns, columns + heads * max_entries, -1);
+  int64_t head = 0;
+  for (size_t index = 0; index < site.groups.size(); ++index) {
+    const BlockSparseLayout& layout = group_layouts[index];
+    const int32_t* group_offsets = layout.row_offsets.data<int32_t>();
+    const int32_t* group_columns = layout.column_indices.data<int32_t>();
+    const int64_t entries = layout.column_indices.dim(1);
+    for (int count = 0; count < site.groups[index].head_count; ++count, ++head) {
+      std::copy(group_offsets, group_offsets + row_length, offsets + head * row_length);
+      std::copy(group_columns, group_columns + entries, columns + head * max_entries);
+    }
+  }
+  return combined;
 }
 
 }  // namespace zoetrope

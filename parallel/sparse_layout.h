@@ -30,7 +30,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/backend.h"
+#include "parallel/attention_mode.h"
 #include "parallel/sequence_attention.h"
+#include "parallel/sparsity_plan.h"
 
 namespace zoetrope {
 
@@ -38,29 +40,6 @@ namespace zoetrope {
 struct BlockShape {
   int query_block = 128;
   int key_block = 128;
-};
-
-// Sizes along (frames, height, width) of the latent token grid, in tokens or in tiles.
-struct Extent3 {
-  int64_t frames = 0;
-  int64_t height = 0;
-  int64_t width = 0;
-};
-
-// Radial attention (spec §1). `decay` scales the log-decaying band widths (0.2 for Wan).
-struct RadialParameters {
-  double decay = 0.2;
-};
-
-// Attention tile k:(F − k) (spec §2): `reference_frames` = k global reference frames, 0 ≤ k ≤ F.
-struct AttentionTileParameters {
-  int64_t reference_frames = 3;
-};
-
-// Sliding tile attention 3D (spec §3): tile size in tokens and window size in tiles, per axis.
-struct SlidingTileParameters {
-  Extent3 tile{6, 8, 8};
-  Extent3 window{3, 3, 3};
 };
 
 // Every block of the sequence: the dense path of the block-sparse kernel.
@@ -73,6 +52,21 @@ absl::StatusOr<BlockSparseLayout> BuildDenseLayout(const TokenGrid& grid, const 
 // comment at the top of sparse_layout.cc for the exact rule.
 absl::StatusOr<BlockSparseLayout> BuildRadialLayout(const TokenGrid& grid, const RadialParameters& parameters,
                                                     const BlockShape& blocks = {});
+
+// The token-level radial rule of one (query frame, key frame) pair, the mask BuildRadialLayout reduces to
+// blocks (rule at the top of sparse_layout.cc; `key_block` is the Bk of its band max(Bk, w(d)·decay)):
+// query token k and key token l of the two frames (in-frame indices) are kept iff |k − l| ≤ the returned
+// window. −1 keeps no pair, height·width − 1 the whole frame pair. Exposed so that tests can measure the
+// mask itself (kept entries, attention mass it drops). Arguments must be valid (frames in range, decay
+// finite and > 0, key_block ≥ 1); anything else is a programming error and aborts.
+int64_t RadialFramePairWindow(const TokenGrid& grid, const RadialParameters& parameters, int key_block,
+                              int64_t query_frame, int64_t key_frame);
+
+// Kept (query token, key token) pairs of that token-level mask over the whole grid, before any block
+// reduction: the kind of count the radial paper's O(n log n) bound (its appendix A.1) is stated for.
+// Counted per frame distance in O(frames), never materialising the L×L mask.
+absl::StatusOr<int64_t> RadialTokenMaskEntries(const TokenGrid& grid, const RadialParameters& parameters,
+                                               int key_block = 128);
 
 // Attention tile k:(F − k) (spec §2), frame-major token order. Reference frames are
 // r_m = ⌊m·F / k⌋ for m = 0 … k − 1 (uniform, starting at the first frame). A block is kept when any of
@@ -106,7 +100,6 @@ absl::StatusOr<BlockSparseLayout> BuildSlidingTileLayout(const TokenGrid& grid, 
 // `key_tokens` keys (the spec's sparsity report; sparsity = 1 − density).
 double BlockDensity(const BlockSparseLayout& layout, int64_t key_tokens);
 
-enum class SparseLayoutMode { kDense, kRadial, kAttentionTile, kSlidingTile };
 const char* SparseLayoutModeName(SparseLayoutMode mode);
 
 // One layout request: the mode, the parameters of that mode (the others are ignored), grid and blocks.
@@ -140,5 +133,19 @@ class SparseLayoutCache {
   // Most recently used last.
   std::vector<std::pair<std::string, std::shared_ptr<const BlockSparseLayout>>> entries_ ABSL_GUARDED_BY(mutex_);
 };
+
+// The layout request of `attention` for a grid.
+SparseLayoutRequest LayoutRequest(const AttentionMode& attention, const TokenGrid& grid, const BlockShape& blocks = {});
+
+// The layout Backend::Attention gets for a site on `grid`, exactly as the kernel reads it:
+//  * uniform site: BuildSparseLayout of its mode, one group shared by all heads (for a dense site this is
+//    the full layout; callers that check site.dense() pass nullptr to the kernel instead);
+//  * per-head site: groups = the site's head count, group h holding head h's layout; row_offsets
+//    [heads, query_blocks + 1] as built per head, column_indices [heads, max entries over heads], the
+//    unused tail of a head's row of column_indices filled with -1 (never read: row_offsets bound it).
+// A per-head site mixing sliding tile with another mode is an error (Validate rejects such plans).
+// Token order is tile-major when site.tile_major(), frame-major otherwise.
+absl::StatusOr<BlockSparseLayout> BuildSiteLayout(const SiteAttention& site, const TokenGrid& grid,
+                                                  const BlockShape& blocks = {});
 
 }  // namespace zoetrope

@@ -1,12 +1,14 @@
 #include "server/request_validation.h"
 
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/unknown_field_set.h"
+#include "parallel/sparsity_plan.h"
 
 namespace zoetrope::server {
 namespace {
@@ -214,6 +216,22 @@ absl::StatusOr<v1::SubmitJobRequest> ValidateAndResolve(const v1::SubmitJobReque
         (seconds == kMaxDeadlineSeconds && nanos > 0)) {
       return Invalid("deadline", absl::StrCat("must be in (0, 7 days] (got ", seconds, " s ", nanos, " ns)"));
     }
+  }
+
+  // attention: a preset or plan text. Block and head ranges depend on the model, which only the worker
+  // knows in full: it checks them; everything else is checked here, before the job is accepted.
+  const std::string& attention = request.attention();
+  if (attention.size() > static_cast<size_t>(kMaxAttentionPlanBytes)) {
+    return Invalid("attention", absl::StrCat("must be a preset name or a plan of at most ", kMaxAttentionPlanBytes,
+                                             " bytes (got ", attention.size(), ")"));
+  }
+  if (!attention.empty()) {
+    absl::StatusOr<SparsityPlan> plan = SparsityPlanFromPresetOrText(attention, "attention");
+    absl::Status valid = plan.ok() ? plan->Validate(std::numeric_limits<int>::max(), std::numeric_limits<int>::max(),
+                                                    resolved.steps())
+                                   : plan.status();
+    // Plan errors already start with their source, "attention".
+    if (!valid.ok()) return absl::InvalidArgumentError(valid.message());
   }
 
   // client_request_id

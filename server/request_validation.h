@@ -26,6 +26,7 @@ inline constexpr double kMaxShift = 100.0;
 inline constexpr int64_t kMaxDeadlineSeconds = 7 * 24 * 3600;
 inline constexpr int kMaxClientRequestIdLength = 128;
 inline constexpr int kMaxModelNameLength = 128;
+inline constexpr int kMaxAttentionPlanBytes = 65536;
 
 // Defaults of fields left at 0 / unspecified.
 inline constexpr int kDefaultWidth = 832;

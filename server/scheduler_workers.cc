@@ -205,6 +205,7 @@ void Scheduler::HandleCompletionLocked(WorkerState& worker, const v1::JobComplet
   }
   live->job.mutable_measurements()->set_gpu_energy_joules(completion.measurements().gpu_energy_joules());
   live->job.mutable_measurements()->set_denoise_seconds(completion.measurements().denoise_seconds());
+  live->job.mutable_measurements()->set_attention_density(completion.measurements().attention_density());
   if (completion.measurements().gpus() > 0) {
     live->job.mutable_measurements()->set_gpus(completion.measurements().gpus());
   }

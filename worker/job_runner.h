@@ -38,6 +38,8 @@ struct GenerationRequest {
   double shift = 5.0;
   SamplerKind sampler = SamplerKind::kUniPC;
   uint64_t seed = 0;
+  // Sparsity plan: a preset name or plan YAML text; empty: the runner's default.
+  std::string attention;
   ResultFormat format = ResultFormat::kNative;
   // Where the result goes, without extension: the runner appends one (".mp4", ".safetensors") and
   // reports the file in JobOutput::path. The caller owns the folder and deletes the file after upload.
@@ -63,6 +65,7 @@ struct JobOutput {
   std::string media_type;  // "video/mp4", "application/x-safetensors"
   int64_t size_bytes = 0;
   double denoise_seconds = 0.0;
+  double attention_density = 1.0;  // mean block density of the self-attention that ran (1 = dense)
   double gpu_energy_joules = 0.0;  // 0 where no energy counter is available (CPU)
   int gpus = 0;                    // GPUs the job ran on (0 on the CPU backend)
 };

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/backend_factory.h"
@@ -41,6 +42,13 @@ absl::StatusOr<std::unique_ptr<PipelineJobRunner>> PipelineJobRunner::Create(con
   if (!pipeline.ok()) return pipeline.status();
   runner->pipeline_ = std::move(*pipeline);
   runner->load_seconds_ = SecondsSince(start);
+  // A default plan that cannot serve this model is a configuration error, reported at start, not per job.
+  const WanDitConfig& dit = runner->pipeline_->transformer().config();
+  absl::StatusOr<SparsityPlan> plan = SparsityPlanFromPresetOrText(options.default_attention, "--attention");
+  absl::Status fits = plan.ok() ? plan->Validate(static_cast<int>(dit.num_layers), static_cast<int>(dit.num_heads),
+                                                 std::numeric_limits<int>::max())
+                                : plan.status();
+  if (!fits.ok()) return fits;
 
   RunnerCapabilities& capabilities = runner->capabilities_;
   capabilities.models = {options.model_name.empty() ? ModelNameOfPath(options.model_path) : options.model_name};
@@ -70,6 +78,7 @@ absl::StatusOr<JobOutput> PipelineJobRunner::Run(const GenerationRequest& reques
   parameters.sampler = request.sampler;
   parameters.seed = request.seed;
   parameters.vae_chunk_frames = options_.vae_chunk_frames;
+  parameters.attention = request.attention.empty() ? options_.default_attention : request.attention;
   if (absl::Status valid = ValidateGenerationParameters(parameters); !valid.ok()) return valid;
 
   absl::StatusOr<GenerationResult> result = pipeline_->Generate(
@@ -114,6 +123,7 @@ absl::StatusOr<JobOutput> PipelineJobRunner::Run(const GenerationRequest& reques
   output.media_type = raw ? "application/x-safetensors" : "video/mp4";
   output.size_bytes = static_cast<int64_t>(size);
   output.denoise_seconds = result->denoise_seconds;
+  output.attention_density = result->attention_density;
   output.gpus = capabilities_.gpus;
   return output;
 }

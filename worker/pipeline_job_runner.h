@@ -26,6 +26,9 @@ struct PipelineOptions {
   int64_t max_tokens = 0;
   // Latent frames per VAE decode chunk (memory bound; 0 = all at once).
   int64_t vae_chunk_frames = 1;
+  // The sparsity plan of requests that name none: a preset name or plan YAML text (checked against the
+  // model when the runner is created).
+  std::string default_attention = "dense";
 };
 
 class PipelineJobRunner final : public JobRunner {

@@ -402,6 +402,7 @@ void WorkerAgent::StartJob(const std::shared_ptr<Session>& session, const v1::Jo
   generation.shift = request.shift();
   generation.sampler = FromProto(request.sampler());
   generation.seed = request.seed();
+  generation.attention = request.attention();
   generation.format = FromProto(request.output_format());
   generation.output_path = (std::filesystem::path(options_.work_directory) /
                             absl::StrCat(assignment.job_id(), ".", assignment.attempt()))
@@ -430,6 +431,8 @@ void WorkerAgent::RunJob(std::shared_ptr<HeldJob> job) {
       completion.set_result_sha256(Sha256OfFile(output->path));
       completion.set_media_type(output->media_type);
       completion.mutable_measurements()->set_denoise_seconds(output->denoise_seconds);
+      completion.mutable_measurements()->set_attention_density(output->attention_density);
+      if (metrics_ != nullptr) metrics_->AttentionDensity(job->model, output->attention_density);
       completion.mutable_measurements()->set_gpu_energy_joules(output->gpu_energy_joules);
       completion.mutable_measurements()->set_gpus(output->gpus);
       job->result_path = output->path;

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/metrics_endpoint.h"
 #include "common/signals.h"
+#include "parallel/sparsity_plan.h"
 #include "worker/pipeline_job_runner.h"
 #include "worker/worker_agent.h"
 #include "worker/worker_metrics.h"
@@ -27,6 +28,9 @@ ABSL_FLAG(std::string, worker_id, "", "worker id, stable across reconnects (defa
 ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the cpu device (0 = all cores)");
 ABSL_FLAG(int64_t, vae_chunk_frames, 1, "latent frames per VAE decode chunk (bounds memory; 0 = all at once)");
+ABSL_FLAG(std::string, attention, "dense",
+          "sparsity plan of requests that name none: a preset (dense, radial, attention-tile, sliding-tile) or a "
+          "plan YAML file");
 ABSL_FLAG(int64_t, max_tokens, 0, "largest latent token count accepted (0: the backend's default)");
 ABSL_FLAG(std::string, work_dir, "", "folder for results before upload (default: the system temp folder)");
 ABSL_FLAG(int32_t, metrics_port, 9465, "port of /metrics (0 picks a free one, -1 disables it)");
@@ -58,6 +62,12 @@ int WorkerMain() {
   pipeline.device = absl::GetFlag(FLAGS_device);
   pipeline.vae_chunk_frames = absl::GetFlag(FLAGS_vae_chunk_frames);
   pipeline.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  absl::StatusOr<SparsityPlanText> attention = ReadSparsityPlanText(absl::GetFlag(FLAGS_attention));
+  if (!attention.ok()) {
+    std::fprintf(stderr, "zoetrope-worker: --attention: %s\n", std::string(attention.status().message()).c_str());
+    return 2;
+  }
+  pipeline.default_attention = attention->text;
   absl::StatusOr<std::unique_ptr<PipelineJobRunner>> runner = PipelineJobRunner::Create(pipeline);
   if (!runner.ok()) {
     std::fprintf(stderr, "zoetrope-worker: %s\n", std::string(runner.status().message()).c_str());

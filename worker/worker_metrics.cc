@@ -22,6 +22,10 @@ WorkerMetrics::WorkerMetrics()
                       .Name("zoetrope_worker_model_load_duration_seconds")
                       .Help("Time the model took to load")
                       .Register(*registry_)),
+      attention_density_(prometheus::BuildHistogram()
+                             .Name("zoetrope_worker_attention_density")
+                             .Help("Mean block density of a job's self-attention (1 = dense), per succeeded job")
+                             .Register(*registry_)),
       busy_(prometheus::BuildGauge()
                 .Name("zoetrope_worker_busy")
                 .Help("1 while a job runs on this worker")
@@ -58,6 +62,13 @@ void WorkerMetrics::Reconnected() { reconnects_.Increment(); }
 void WorkerMetrics::Uploaded(double bytes) { upload_bytes_.Increment(bytes); }
 void WorkerMetrics::ModelLoaded(const std::string& model, double seconds) {
   model_load_.Add({{"model", model}}).Set(seconds);
+}
+
+void WorkerMetrics::AttentionDensity(const std::string& model, double density) {
+  // Densities of the presets at Wan resolutions lie between 0.1 and 0.4; dense is 1.
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {0.05, 0.1, 0.15, 0.2, 0.25, 0.3,
+                                                                   0.35, 0.4, 0.5, 0.6, 0.8, 1.0};
+  attention_density_.Add({{"model", model}}, kBuckets).Observe(density);
 }
 
 }  // namespace zoetrope

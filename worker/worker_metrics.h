@@ -9,6 +9,7 @@
 //   zoetrope_worker_job_duration_seconds{model}               one job, start to result file
 //   zoetrope_worker_upload_bytes_total                        result bytes sent to the scheduler
 //   zoetrope_worker_model_load_duration_seconds{model}        time the model took to load
+//   zoetrope_worker_attention_density{model}                  mean block density of a succeeded job's attention
 #pragma once
 
 #include <memory>
@@ -35,6 +36,7 @@ class WorkerMetrics {
   void Reconnected();
   void Uploaded(double bytes);
   void ModelLoaded(const std::string& model, double seconds);
+  void AttentionDensity(const std::string& model, double density);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -42,6 +44,7 @@ class WorkerMetrics {
   prometheus::Family<prometheus::Histogram>& step_duration_;
   prometheus::Family<prometheus::Histogram>& job_duration_;
   prometheus::Family<prometheus::Gauge>& model_load_;
+  prometheus::Family<prometheus::Histogram>& attention_density_;
   prometheus::Gauge& busy_;
   prometheus::Gauge& connected_;
   prometheus::Counter& reconnects_;

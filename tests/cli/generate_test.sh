@@ -34,6 +34,19 @@ done
 "$zoetrope" generate --model "$model" --width 96 --height 64 --frames 5 --steps 2 --output "$work/png" >/dev/null 2>&1
 check "png frames" test -f "$work/png/frame_00004.png"
 
+# Every sparsity preset runs a whole generation; the plan's block density is reported. 33 frames at
+# 256×256 (2,304 tokens) so that the sparse presets have blocks to skip.
+for preset in dense radial attention-tile sliding-tile; do
+  if "$zoetrope" generate --model "$model" --width 256 --height 256 --frames 33 --steps 4 --seed 5 \
+       --attention "$preset" --output "$work/$preset.safetensors" >/dev/null 2>"$work/$preset.err"; then
+    check "--attention $preset reports its density" grep -q "attention $preset: mean block density" "$work/$preset.err"
+  else
+    check "--attention $preset exits 0 ($(tail -2 "$work/$preset.err"))" false
+  fi
+done
+check "radial is sparser than dense" grep -q "mean block density 0\." "$work/radial.err"
+printf 'rules:\n  - mode: radial\n    decay: -1\n' >"$work/bad-plan.yaml"
+
 expect_error() {  # expect_error NAME TEXT FLAGS...
   local name=$1 text=$2; shift 2
   if "$zoetrope" generate --model "$model" --steps 1 --frames 5 --width 32 --height 32 --output "$work/x.mp4" "$@" \
@@ -49,5 +62,7 @@ expect_error "steps" "steps must be between" --steps 0
 expect_error "sampler" "sampler" --sampler heun
 expect_error "device" "device" --device tpu
 expect_error "model folder" "missing" --model "$work"
+expect_error "plan file" "bad-plan.yaml:3" --attention "$work/bad-plan.yaml"
+expect_error "plan name" "neither a preset" --attention "no-such-plan"
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -254,6 +254,10 @@ TEST(ServiceTest, EveryBadInputIsInvalidArgumentNamingTheFieldAndChangesNothing)
       {"deadline", [](auto& r) { r.mutable_deadline(); }},  // zero
       {"client_request_id", [](auto& r) { r.set_client_request_id("has space"); }},
       {"client_request_id", [](auto& r) { r.set_client_request_id(std::string(129, 'k')); }},
+      {"attention", [](auto& r) { r.set_attention("fastest"); }},
+      {"attention", [](auto& r) { r.set_attention("rules:\n  - mode: radial\n    decay: -1\n"); }},
+      {"attention", [](auto& r) { r.set_attention("rules:\n  - steps: [0, 40]\n    mode: dense\n"); }},  // > steps
+      {"attention", [](auto& r) { r.set_attention(std::string(70000, '#')); }},
   };
   for (const Case& bad : cases) {
     v1::SubmitJobRequest request = SmallRequest(2);
@@ -422,6 +426,39 @@ TEST(ServiceTest, PriorityClassesThenFifo) {
   std::vector<std::string> names;
   for (const auto& [time, name] : started) names.push_back(name);
   EXPECT_EQ(names, (std::vector<std::string>{"high", "normal-1", "normal-2", "low"}));
+}
+
+// A request's sparsity plan reaches the worker, runs, and its block density comes back in the job; a
+// request without one gets the worker's default plan (--attention).
+TEST(ServiceTest, AttentionPlanRunsAndReportsItsDensity) {
+  ServiceCluster cluster("attention");
+  ASSERT_TRUE(cluster.StartScheduler());
+  ASSERT_TRUE(cluster.StartWorker("w1", {"--attention=attention-tile"}));
+  // 33 frames at 256×256: 2,304 tokens in 18 blocks, enough for the sparse presets to skip blocks.
+  std::map<std::string, std::string> id_of;
+  for (const std::string attention : {"radial", "dense", ""}) {
+    v1::SubmitJobRequest request = SmallRequest(3, "a paper boat in the rain");
+    request.set_width(256);
+    request.set_height(256);
+    request.set_frames(33);
+    request.set_attention(attention);
+    v1::Job job;
+    ASSERT_TRUE(Submit(cluster.stub(), request, &job).ok()) << attention;
+    EXPECT_EQ(job.request().attention(), attention);
+    id_of[attention] = job.id();
+  }
+  std::map<std::string, double> density;
+  for (const auto& [attention, id] : id_of) {
+    const v1::Job job = WaitForTerminal(cluster.stub(), id, kJobTimeout);
+    ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << attention << ": " << job.error().message();
+    density[attention] = job.measurements().attention_density();
+  }
+  EXPECT_EQ(density["dense"], 1.0);
+  EXPECT_GT(density["radial"], 0.0);
+  EXPECT_LT(density["radial"], 1.0);
+  EXPECT_GT(density[""], 0.0);
+  EXPECT_LT(density[""], 1.0) << "the worker's default, attention tile";
+  EXPECT_NE(density[""], density["radial"]);
 }
 
 TEST(ServiceTest, DeadlineExpiresQueuedJob) {

@@ -1,8 +1,10 @@
 #include "worker/engine/text_to_video.h"
 
 #include <chrono>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "parallel/planned_attention.h"
 
 namespace zoetrope {
 namespace {
@@ -50,7 +52,11 @@ absl::Status ValidateGenerationParameters(const GenerationParameters& parameters
   if (parameters.vae_chunk_frames < 0) {
     return FieldError("vae_chunk_frames", "be ≥ 0", absl::StrCat(parameters.vae_chunk_frames));
   }
-  return absl::OkStatus();
+  absl::StatusOr<SparsityPlan> plan =
+      SparsityPlanFromPresetOrText(parameters.attention, parameters.attention_source);
+  if (!plan.ok()) return plan.status();
+  // Block and head ranges depend on the model: the largest values pass here, Generate checks the model's.
+  return plan->Validate(std::numeric_limits<int>::max(), std::numeric_limits<int>::max(), parameters.steps);
 }
 
 absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> TextToVideoPipeline::Load(const std::string& model_folder,
@@ -94,8 +100,19 @@ absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> TextToVideoPipeline::Load(c
 
 absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
     const GenerationParameters& parameters, const std::function<void(const GenerationProgress&)>& progress,
-    const std::atomic<bool>* cancelled) {
+    const std::atomic<bool>* cancelled, SequenceAttention* attention_override) {
   if (absl::Status valid = ValidateGenerationParameters(parameters); !valid.ok()) return valid;
+  const WanDitConfig& dit = transformer_->config();
+  absl::StatusOr<SparsityPlan> plan =
+      SparsityPlanFromPresetOrText(parameters.attention, parameters.attention_source);
+  if (!plan.ok()) return plan.status();
+  if (absl::Status fits = plan->Validate(static_cast<int>(dit.num_layers), static_cast<int>(dit.num_heads),
+                                         parameters.steps);
+      !fits.ok()) {
+    return fits;
+  }
+  PlannedAttention planned(*std::move(plan), parameters.steps);
+  SequenceAttention& attention = attention_override != nullptr ? *attention_override : planned;
   GenerationResult result;
   auto report = [&](GenerationPhase phase) {
     if (!progress) return;
@@ -132,7 +149,7 @@ absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
   options.sampler = parameters.sampler;
   options.seed = parameters.seed;
   absl::StatusOr<Tensor> latent = Denoise(
-      *transformer_, attention_, *positive, guided ? &*negative : nullptr, options,
+      *transformer_, attention, *positive, guided ? &*negative : nullptr, options,
       [&](const DenoiseProgress& step) {
         if (!progress) return;
         GenerationProgress update;
@@ -144,6 +161,7 @@ absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
   if (!latent.ok()) return latent.status();
   result.latent = backend_.ToHost(*latent);
   result.denoise_seconds = SecondsSince(start);
+  result.attention_density = attention.mean_block_density();
   if (!parameters.decode) return result;
 
   if (cancelled != nullptr && cancelled->load()) return absl::CancelledError("cancelled before decoding");

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "parallel/sequence_attention.h"
+#include "parallel/sparsity_plan.h"
 #include "worker/engine/denoise.h"
 #include "worker/engine/model_folder.h"
 #include "worker/engine/prompt_cache.h"
@@ -35,6 +36,11 @@ struct GenerationParameters {
   uint64_t seed = 0;
   int64_t vae_chunk_frames = 1;  // latent frames per VAE chunk (memory bound); 0 = all at once
   bool decode = true;            // false: stop after denoising (the result has the latent, no frames)
+  // The self-attention's sparsity plan: a preset name ("dense", "radial", "attention-tile",
+  // "sliding-tile") or plan YAML text (parallel/sparsity_plan.h). Validated against the model and `steps`.
+  std::string attention = "dense";
+  // What errors about the plan call it: the plan file's path, a preset's name, or the request field.
+  std::string attention_source = "attention";
 };
 
 enum class GenerationPhase { kEncodingText, kDenoising, kDecoding };
@@ -51,10 +57,14 @@ struct GenerationResult {
   double text_seconds = 0.0;
   double denoise_seconds = 0.0;
   double decode_seconds = 0.0;
+  // Mean block density of the self-attention calls that ran (1 = dense), every head of every call weighted
+  // equally.
+  double attention_density = 1.0;
 };
 
 // Every rule a request must satisfy, with the field named (width and height multiples of 16 within
-// the model's limits, frames 4n+1, steps ≥ 1, guidance ≥ 0, shift > 0).
+// the model's limits, frames 4n+1, steps ≥ 1, guidance ≥ 0, shift > 0, an attention plan that parses and
+// fits the step count; the plan's block and head ranges are checked against the model by Generate).
 absl::Status ValidateGenerationParameters(const GenerationParameters& parameters);
 
 class TextToVideoPipeline {
@@ -69,10 +79,13 @@ class TextToVideoPipeline {
   PromptEncoder& prompt_encoder() { return *prompt_encoder_; }
 
   // Runs one generation. `progress` (may be null) is called at phase changes and after every
-  // denoising step; `cancelled` (may be null) stops at the next step with CANCELLED.
+  // denoising step; `cancelled` (may be null) stops at the next step with CANCELLED. `attention` (may be
+  // null) replaces the self-attention that parameters.attention describes (tools that observe or compare
+  // attention pass their own; the plan in `parameters` is still validated).
   absl::StatusOr<GenerationResult> Generate(const GenerationParameters& parameters,
                                             const std::function<void(const GenerationProgress&)>& progress = nullptr,
-                                            const std::atomic<bool>* cancelled = nullptr);
+                                            const std::atomic<bool>* cancelled = nullptr,
+                                            SequenceAttention* attention = nullptr);
 
  private:
   TextToVideoPipeline(Backend& backend) : backend_(backend) {}
@@ -84,7 +97,6 @@ class TextToVideoPipeline {
   std::unique_ptr<PromptEncoder> prompt_encoder_;
   std::unique_ptr<WanDit> transformer_;
   std::unique_ptr<WanVae> vae_;
-  LocalDenseAttention attention_;
 };
 
 }  // namespace zoetrope
