@@ -134,6 +134,10 @@ def generate_log(args, fields):
     if decode_s:
         stages.update({"vae_decode": float(decode_s), "video_write": float(write_s)})
     stages["wall_end_to_end"] = args.wall_s
+    attention = re.findall(r"^attention (\S+): mean block density ([0-9.]+)\s*$", text, re.MULTILINE)
+    if attention:
+        fields["attention"] = attention[-1][0]
+        fields["attention_block_density"] = float(attention[-1][1])
     # Plain progress lines (stderr is a file here): "denoise  42% 21/50 steps  ...  t=981  1.032 s/step".
     steps = {}
     for done, total, seconds in re.findall(r"^denoise\s+\d+% (\d+)/(\d+) steps .*t=-?\d+\s+([0-9.]+) s/step\s*$",
@@ -177,6 +181,9 @@ def dit_bench(args, fields):
         "tflop": measured.get("tflop"),
         "tflops": measured.get("tflops"),
         "peak_gib": measured.get("peak_gib"),
+        "attention": measured.get("attention", "dense"),
+        "attention_step": measured.get("step"),
+        "attention_block_density": measured.get("block_density"),
         "timed_forward_cuda_mallocs": measured.get("timed_forward_cuda_mallocs"),
         "timing": "synchronised wall clock per forward, each at a new timestep, after the warm-up forwards",
     })

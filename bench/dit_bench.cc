@@ -17,10 +17,14 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/profiling_backend.h"
 #include "kernels/backend_factory.h"
+#include "parallel/planned_attention.h"
 #include "parallel/sequence_attention.h"
+#include "parallel/sparsity_plan.h"
 #include "worker/engine/wan_dit.h"
 #include "worker/engine/wan_random_weights.h"
 #ifdef ZOETROPE_HAS_CUDA
@@ -36,6 +40,9 @@ ABSL_FLAG(int, text_tokens, 128, "prompt tokens before padding to text_len");
 ABSL_FLAG(int, warmup, 1, "untimed forwards");
 ABSL_FLAG(int, iterations, 3, "timed forwards");
 ABSL_FLAG(bool, reuse_weights, false, "keep random weights already in --workdir from an earlier run");
+ABSL_FLAG(std::string, attention, "dense", "sparsity plan: a preset or a plan YAML file (parallel/sparsity_plan.h)");
+ABSL_FLAG(int, step, 20, "denoising step every timed forward stands for (selects the plan's mode)");
+ABSL_FLAG(int, steps, 50, "steps of the schedule the plan is scaled to");
 ABSL_FLAG(bool, profile, false, "after timing, one more forward with per-operator times (to stderr)");
 
 namespace {
@@ -95,11 +102,20 @@ absl::Status Run() {
   auto prompt = (*model)->EncodePrompt(context);
   if (!prompt.ok()) return prompt.status();
   const Tensor device_latent = (*backend)->Upload(latent, DType::kF32);
-  LocalDenseAttention attention;
+  absl::StatusOr<SparsityPlan> plan = SparsityPlanFromPresetOrFile(absl::GetFlag(FLAGS_attention));
+  if (!plan.ok()) return plan.status();
+  const int steps = absl::GetFlag(FLAGS_steps), step = absl::GetFlag(FLAGS_step);
+  if (step < 0 || step >= steps) return absl::InvalidArgumentError("--step must be in [0, --steps)");
+  if (absl::Status fits =
+          plan->Validate(static_cast<int>(config.num_layers), static_cast<int>(config.num_heads), steps);
+      !fits.ok()) {
+    return fits;
+  }
+  PlannedAttention attention(*plan, steps);
 
   double timestep = 999.0;
   for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) {
-    (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention);
+    (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention, step);
     timestep -= 20.0;
   }
   (*backend)->Synchronize();
@@ -110,11 +126,13 @@ absl::Status Run() {
   std::vector<double> seconds;
   for (int i = 0; i < std::max(1, absl::GetFlag(FLAGS_iterations)); ++i) {
     const auto start = std::chrono::steady_clock::now();
-    const Tensor velocity = (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention);
+    const Tensor velocity =
+        (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention, step);
     (*backend)->Synchronize();
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     timestep -= 20.0;
   }
+  const std::vector<double> samples = seconds;  // in run order
   std::sort(seconds.begin(), seconds.end());
   long long allocations = -1;
   double peak_gib = -1.0;
@@ -127,18 +145,24 @@ absl::Status Run() {
 #endif
   if (absl::GetFlag(FLAGS_profile)) {
     profiler.set_enabled(true);
-    (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention);
+    (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention, step);
     profiler.Report(stderr);
   }
   const double median = seconds[seconds.size() / 2];
   const double tokens = static_cast<double>((*model)->GridOf(latent_shape).tokens());
   const double flops = ForwardFlops(config, tokens);
+  std::string sample_list;
+  for (double sample : samples)
+    absl::StrAppend(&sample_list, sample_list.empty() ? "" : ", ", absl::StrFormat("%.4f", sample));
+  // tflop/tflops count dense attention FLOPs: for a sparse plan they are "dense-equivalent" rates.
   std::printf(
       "{\"benchmark\": \"dit_forward\", \"config\": \"%s\", \"device\": \"%s\", \"tokens\": %.0f, \"layers\": %lld, "
-      "\"median_s\": %.4f, \"min_s\": %.4f, \"tflop\": %.1f, \"tflops\": %.1f, \"timed_forward_cuda_mallocs\": %lld, "
-      "\"peak_gib\": %.2f}\n",
-      config.name.c_str(), (*backend)->name().c_str(), tokens, static_cast<long long>(config.num_layers), median,
-      seconds.front(), flops / 1e12, flops / median / 1e12, allocations, peak_gib);
+      "\"attention\": \"%s\", \"step\": %d, \"steps\": %d, \"block_density\": %.4f, "
+      "\"median_s\": %.4f, \"min_s\": %.4f, \"max_s\": %.4f, \"samples_s\": [%s], \"tflop\": %.1f, \"tflops\": %.1f, "
+      "\"timed_forward_cuda_mallocs\": %lld, \"peak_gib\": %.2f}\n",
+      config.name.c_str(), (*backend)->name().c_str(), tokens, static_cast<long long>(config.num_layers),
+      absl::GetFlag(FLAGS_attention).c_str(), step, steps, attention.mean_block_density(), median, seconds.front(),
+      seconds.back(), sample_list.c_str(), flops / 1e12, flops / median / 1e12, allocations, peak_gib);
   return absl::OkStatus();
 }
 

@@ -20,7 +20,7 @@
 //       tile: [6, 8, 8]       # tokens per tile along (frames, height, width)
 //       window: [3, 3, 3]     # tiles per window along (frames, height, width)
 //
-// Modes and their parameters (parallel/sparse_layout.h; an omitted parameter takes the default shown):
+// Modes and their parameters (parallel/attention_mode.h; an omitted parameter takes the default shown):
 //   dense                                               every key block
 //   radial          decay: number > 0 (0.2)             spec §1
 //   attention-tile  reference_frames: int ≥ 0 (3)        spec §2 (≤ the grid's frames, checked per grid)

@@ -7,8 +7,15 @@
 #   scripts/device/pipeline-check.sh full13b     Wan2.1-1.3B (random bf16 weights, umT5-XXL, Wan VAE):
 #                                                  50 steps, 832x480, 81 frames, seconds per stage
 #                                                  -> pipeline_1.3b_480p_<gpu>.json
-#   scripts/device/pipeline-check.sh forward14b  one Wan2.1-14B forward at 720p/81 frames: time, peak memory
-#                                                  -> dit_forward_14b_720p_<gpu>.json
+#   scripts/device/pipeline-check.sh full13b     (FULL13B_ATTENTION="dense radial": one generation per plan)
+#                                                  -> pipeline_1.3b_480p[_radial]_<gpu>.json
+#   scripts/device/pipeline-check.sh fidelity13b the same random 1.3B model: zoetrope-attention-fidelity per
+#                                                  sparse preset (FIDELITY_STEPS, default 10 steps, 480p 81f)
+#                                                  -> attention_fidelity_1.3b_480p_<preset>_<gpu>.json
+#   scripts/device/pipeline-check.sh forward13b  one 1.3B 480p forward per plan (dense, radial, attention-tile,
+#                                                  sliding-tile; a sparse step) -> dit_forward_1.3b_480p_<plan>_<gpu>.json
+#   scripts/device/pipeline-check.sh forward14b  one Wan2.1-14B forward at 720p/81 frames: time, peak memory,
+#                                                  dense and radial -> dit_forward_14b_720p[_radial]_<gpu>.json
 # Results go to $OUT/bench-results (bench/write_result.py), logs to $OUT/logs; a short table is printed
 # last. Exits non-zero when any stage failed.
 set -uo pipefail
@@ -50,10 +57,10 @@ PY
   summary+=("tiny 4-step latent, CUDA vs CPU: rel L2 $parity; tiny CUDA mp4: $frames")
 fi
 
-if [[ " $stages " == *" full13b "* ]]; then
-  model=/tmp/wan13b
-  width=832 height=480 frames=81 steps=50 guidance=5 seed=0
-  start=$(date +%s)
+model=/tmp/wan13b
+make_13b_model() {  # once per machine: random bf16 DiT and umT5-XXL, f32 VAE, the stand-in tokenizer
+  [[ -f $model/done ]] && return 0
+  local start=$(date +%s)
   "$bin/zoetrope-mkweights" --config wan2.1-t2v-1.3b --dtype bf16 --diffusers \
     -o $model/transformer/diffusion_pytorch_model.safetensors >/dev/null 2>&1
   "$bin/zoetrope-mkweights-text" --config umt5-xxl --dtype bf16 --hf_names -o $model/text_encoder/model.safetensors >/dev/null 2>&1
@@ -61,17 +68,27 @@ if [[ " $stages " == *" full13b "* ]]; then
   mkdir -p $model/tokenizer && cp "$carry/models/tiny/tokenizer/spiece.model" $model/tokenizer/
   model_seconds=$(( $(date +%s) - start ))
   summary+=("random 1.3B model folder written in $model_seconds s")
+  touch $model/done
+}
+model_seconds=0
+
+for attention in ${FULL13B_ATTENTION:-dense radial}; do
+  [[ " $stages " == *" full13b "* ]] || break
+  make_13b_model
+  width=832 height=480 frames=81 steps=50 guidance=5 seed=0
+  suffix=$([[ $attention == dense ]] || echo "_$attention")
   # The MP4 of random weights is noise: it stays on the GPU machine (its size goes into the result).
-  video=/tmp/wan13b_480p.mp4
+  video=/tmp/wan13b_480p$suffix.mp4
   rm -f "$video"
   start=$(date +%s%N)
   timeout 420 "$bin/zoetrope" generate --model $model --device cuda --width $width --height $height --frames $frames \
-    --steps $steps --guidance $guidance --seed $seed --output "$video" >"$logs/full13b.log" 2>&1
+    --steps $steps --guidance $guidance --seed $seed --attention $attention --output "$video" \
+    >"$logs/full13b$suffix.log" 2>&1
   status=$?
   end=$(date +%s%N)
   wall=$(( (end - start) / 1000 ))e-6
-  python3 bench/convert_results.py generate-log --log "$logs/full13b.log" --exit-status $status --wall-s "$wall" \
-    --name "pipeline_1.3b_480p_{gpu}" --results-dir "$results" \
+  python3 bench/convert_results.py generate-log --log "$logs/full13b$suffix.log" --exit-status $status \
+    --wall-s "$wall" --name "pipeline_1.3b_480p${suffix}_{gpu}" --results-dir "$results" \
     --shape model=wan2.1-t2v-1.3b --shape text_encoder=umt5-xxl --shape vae=wan2.1-vae \
     --shape width=$width --shape height=$height --shape frames=$frames --shape steps=$steps \
     --shape guidance=$guidance --shape cfg=true --shape dit_forwards=$(( 2 * steps )) --shape sampler=unipc \
@@ -79,26 +96,66 @@ if [[ " $stages " == *" full13b "* ]]; then
     --shape tokens=$(( ((frames - 1) / 4 + 1) * (height / 16) * (width / 16) )) \
     --field "weights=random: DiT and umT5-XXL bf16, VAE f32, stand-in tokenizer (zoetrope-mkweights*)" \
     --field model_write_s=$model_seconds --field mp4_bytes=$(stat -c %s "$video" 2>/dev/null || echo 0) \
-    ${parity_l2:+--field tiny_4_step_latent_cuda_vs_cpu_rel_l2=$parity_l2} >"$logs/full13b.result" 2>&1
+    ${parity_l2:+--field tiny_4_step_latent_cuda_vs_cpu_rel_l2=$parity_l2} >"$logs/full13b$suffix.result" 2>&1
   convert=$?
   (( status == 0 && convert == 0 )) || failed=1
-  summary+=("1.3B 480p 81f 50 steps: exit $status, wall $(( (end - start) / 1000000 )) ms; $(cat "$logs/full13b.result" | tr '\n' ' ')")
-fi
+  summary+=("1.3B 480p 81f 50 steps, $attention: exit $status, wall $(( (end - start) / 1000000 )) ms; $(cat "$logs/full13b$suffix.result" | tr '\n' ' ')")
+done
 
-if [[ " $stages " == *" forward14b "* ]]; then
-  warmup=1 iterations=3
-  timeout 540 "$bin/zoetrope-dit-bench" --config wan2.1-t2v-14b --device cuda --latent 16,21,90,160 \
-    --workdir /tmp/wan14b --warmup $warmup --iterations $iterations >"$logs/forward14b.json" 2>"$logs/forward14b.log"
+for preset in ${FIDELITY_PRESETS:-radial attention-tile sliding-tile}; do
+  [[ " $stages " == *" fidelity13b "* ]] || break
+  make_13b_model
+  fidelity_steps=${FIDELITY_STEPS:-10}
+  timeout 400 "$bin/zoetrope-attention-fidelity" --model $model --device cuda --plan "$preset" --width 832 \
+    --height 480 --frames 81 --steps "$fidelity_steps" --seed 0 -o "$logs/fidelity_$preset.json" \
+    >"$logs/fidelity_$preset.log" 2>&1
   status=$?
-  python3 bench/convert_results.py dit-bench --json "$logs/forward14b.json" --exit-status $status \
-    --warmup $warmup --iterations $iterations --name "dit_forward_14b_720p_{gpu}" --results-dir "$results" \
-    --shape config=wan2.1-t2v-14b --shape "latent=[16,21,90,160]" --shape tokens=75600 --shape frames=81 \
-    --shape width=1280 --shape height=720 --shape text_tokens=128 \
-    --field "weights=random bf16 (zoetrope-mkweights)" >"$logs/forward14b.result" 2>&1
+  if (( status == 0 )); then
+    python3 bench/write_result.py --name "attention_fidelity_1.3b_480p_${preset}_{gpu}" --results-dir "$results" \
+      --shape model=wan2.1-t2v-1.3b --shape width=832 --shape height=480 --shape frames=81 \
+      --shape steps="$fidelity_steps" --shape plan="$preset" --fields-json "@$logs/fidelity_$preset.json" \
+      --field "weights=random bf16 (zoetrope-mkweights): fidelity of random weights, not of a trained model" \
+      >"$logs/fidelity_$preset.result" 2>&1 || failed=1
+  else
+    failed=1
+  fi
+  summary+=("fidelity $preset ($fidelity_steps steps): exit $status; $(tail -2 "$logs/fidelity_$preset.log" | tr '\n' ' ')")
+done
+
+for attention in ${FORWARD13B_ATTENTION:-dense radial attention-tile sliding-tile}; do
+  [[ " $stages " == *" forward13b "* ]] || break
+  warmup=1 iterations=5
+  timeout 300 "$bin/zoetrope-dit-bench" --config wan2.1-t2v-1.3b --device cuda --latent 16,21,60,104 \
+    --workdir /tmp/wan13b-forward --reuse_weights --attention "$attention" --step 20 --steps 50 \
+    --warmup $warmup --iterations $iterations >"$logs/forward13b_$attention.json" 2>"$logs/forward13b_$attention.log"
+  status=$?
+  python3 bench/convert_results.py dit-bench --json "$logs/forward13b_$attention.json" --exit-status $status \
+    --warmup $warmup --iterations $iterations --name "dit_forward_1.3b_480p_${attention}_{gpu}" \
+    --results-dir "$results" --shape config=wan2.1-t2v-1.3b --shape "latent=[16,21,60,104]" --shape tokens=32760 \
+    --shape frames=81 --shape width=832 --shape height=480 --shape text_tokens=128 --shape attention="$attention" \
+    --shape step=20 --field "weights=random bf16 (zoetrope-mkweights)" >"$logs/forward13b_$attention.result" 2>&1
   convert=$?
   (( status == 0 && convert == 0 )) || failed=1
-  summary+=("14B 720p forward: exit $status; $(cat "$logs/forward14b.result" | tr '\n' ' ')")
-fi
+  summary+=("1.3B 480p forward, $attention: exit $status; $(cat "$logs/forward13b_$attention.result" | tr '\n' ' ')")
+done
+
+for attention in ${FORWARD14B_ATTENTION:-dense radial}; do
+  [[ " $stages " == *" forward14b "* ]] || break
+  warmup=1 iterations=3
+  suffix=$([[ $attention == dense ]] || echo "_$attention")
+  timeout 540 "$bin/zoetrope-dit-bench" --config wan2.1-t2v-14b --device cuda --latent 16,21,90,160 \
+    --workdir /tmp/wan14b --reuse_weights --attention "$attention" --step 20 --steps 50 --warmup $warmup \
+    --iterations $iterations >"$logs/forward14b$suffix.json" 2>"$logs/forward14b$suffix.log"
+  status=$?
+  python3 bench/convert_results.py dit-bench --json "$logs/forward14b$suffix.json" --exit-status $status \
+    --warmup $warmup --iterations $iterations --name "dit_forward_14b_720p${suffix}_{gpu}" --results-dir "$results" \
+    --shape config=wan2.1-t2v-14b --shape "latent=[16,21,90,160]" --shape tokens=75600 --shape frames=81 \
+    --shape width=1280 --shape height=720 --shape text_tokens=128 --shape attention="$attention" --shape step=20 \
+    --field "weights=random bf16 (zoetrope-mkweights)" >"$logs/forward14b$suffix.result" 2>&1
+  convert=$?
+  (( status == 0 && convert == 0 )) || failed=1
+  summary+=("14B 720p forward, $attention: exit $status; $(cat "$logs/forward14b$suffix.result" | tr '\n' ' ')")
+done
 
 echo "==== summary ===="
 printf '%s\n' "${summary[@]}"
