@@ -13,7 +13,6 @@
 #include "cli/service_flags.h"
 #include "common/progress_bar.h"
 #include "kernels/backend_factory.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "parallel/sparsity_plan.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/text_to_video.h"
@@ -86,12 +85,9 @@ absl::Status Generate() {
   absl::StatusOr<VideoFormat> format = latent_only ? VideoFormat::kRaw : OutputFormat(output);
   if (!format.ok()) return format.status();
 
-  std::string device = absl::GetFlag(FLAGS_device);
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(device);
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      CreateBackend(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_threads));
   if (!backend.ok()) return absl::InvalidArgumentError(absl::StrCat("--device: ", backend.status().message()));
-  if ((*backend)->device().is_cpu() && absl::GetFlag(FLAGS_threads) > 0) {
-    *backend = CreateCpuBackend(absl::GetFlag(FLAGS_threads));
-  }
 
   const auto load_start = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> pipeline =

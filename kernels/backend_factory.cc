@@ -19,8 +19,8 @@ bool BuiltWithCuda() {
 #endif
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view device) {
-  if (device == "cpu") return CreateCpuBackend();
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view device, int cpu_threads) {
+  if (device == "cpu") return CreateCpuBackend(cpu_threads);
   absl::string_view rest = device;
   if (absl::ConsumePrefix(&rest, "cuda")) {
     int index = 0;

@@ -478,20 +478,6 @@ double BlockDensity(const BlockSparseLayout& layout, int64_t key_tokens) {
   return static_cast<double>(computed) / static_cast<double>(groups * query_blocks * key_blocks);
 }
 
-const char* SparseLayoutModeName(SparseLayoutMode mode) {
-  switch (mode) {
-    case SparseLayoutMode::kDense:
-      return "dense";
-    case SparseLayoutMode::kRadial:
-      return "radial";
-    case SparseLayoutMode::kAttentionTile:
-      return "attention_tile";
-    case SparseLayoutMode::kSlidingTile:
-      return "sliding_tile";
-  }
-  return "unknown";
-}
-
 absl::StatusOr<BlockSparseLayout> BuildSparseLayout(const SparseLayoutRequest& request) {
   switch (request.mode) {
     case SparseLayoutMode::kDense:
@@ -508,7 +494,7 @@ absl::StatusOr<BlockSparseLayout> BuildSparseLayout(const SparseLayoutRequest& r
 
 std::string SparseLayoutCache::Key(const SparseLayoutRequest& request) {
   std::string key =
-      absl::StrCat(SparseLayoutModeName(request.mode), " grid ", request.grid.frames, "x", request.grid.height, "x",
+      absl::StrCat(SparsityPlanModeName(request.mode), " grid ", request.grid.frames, "x", request.grid.height, "x",
                    request.grid.width, " blocks ", request.blocks.query_block, "x", request.blocks.key_block);
   switch (request.mode) {
     case SparseLayoutMode::kDense:

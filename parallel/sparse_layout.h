@@ -100,8 +100,6 @@ absl::StatusOr<BlockSparseLayout> BuildSlidingTileLayout(const TokenGrid& grid, 
 // `key_tokens` keys (the spec's sparsity report; sparsity = 1 − density).
 double BlockDensity(const BlockSparseLayout& layout, int64_t key_tokens);
 
-const char* SparseLayoutModeName(SparseLayoutMode mode);
-
 // One layout request: the mode, the parameters of that mode (the others are ignored), grid and blocks.
 struct SparseLayoutRequest {
   SparseLayoutMode mode = SparseLayoutMode::kDense;

@@ -6,7 +6,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/backend_factory.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "worker/engine/video_writer.h"
 
 namespace zoetrope {
@@ -31,10 +30,9 @@ std::string ModelNameOfPath(const std::string& model_path) {
 absl::StatusOr<std::unique_ptr<PipelineJobRunner>> PipelineJobRunner::Create(const PipelineOptions& options) {
   std::unique_ptr<PipelineJobRunner> runner(new PipelineJobRunner());
   runner->options_ = options;
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(options.device);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(options.device, options.threads);
   if (!backend.ok()) return absl::InvalidArgumentError(absl::StrCat("device: ", backend.status().message()));
   runner->backend_ = std::move(*backend);
-  if (runner->backend_->device().is_cpu() && options.threads > 0) runner->backend_ = CreateCpuBackend(options.threads);
 
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> pipeline =

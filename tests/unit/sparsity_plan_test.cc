@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <ostream>
 #include <set>
 #include <string>
 #include <vector>
@@ -238,6 +239,9 @@ struct Malformed {
   std::string field;    // the field as the message names it
   std::string message;  // the rule it breaks
 };
+
+// gtest prints a parameter with this (the default dumps the struct's bytes into every test's name).
+void PrintTo(const Malformed& malformed, std::ostream* out) { *out << malformed.what; }
 
 class SparsityPlanErrors : public ::testing::TestWithParam<Malformed> {};
 

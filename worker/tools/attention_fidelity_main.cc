@@ -26,7 +26,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/progress_bar.h"
 #include "kernels/backend_factory.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "parallel/planned_attention.h"
 #include "parallel/sparsity_plan.h"
 #include "worker/engine/text_to_video.h"
@@ -111,11 +110,9 @@ absl::Status Run() {
   absl::StatusOr<SparsityPlanText> plan_text = ReadSparsityPlanText(absl::GetFlag(FLAGS_plan));
   if (!plan_text.ok()) return absl::InvalidArgumentError(absl::StrCat("--plan: ", plan_text.status().message()));
 
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(absl::GetFlag(FLAGS_device));
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      CreateBackend(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_threads));
   if (!backend.ok()) return absl::InvalidArgumentError(absl::StrCat("--device: ", backend.status().message()));
-  if ((*backend)->device().is_cpu() && absl::GetFlag(FLAGS_threads) > 0) {
-    *backend = CreateCpuBackend(absl::GetFlag(FLAGS_threads));
-  }
   absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> pipeline =
       TextToVideoPipeline::Load(absl::GetFlag(FLAGS_model), **backend);
   if (!pipeline.ok()) return pipeline.status();
