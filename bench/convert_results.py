@@ -19,6 +19,10 @@
       its timed forwards, not every sample: the file gets median/min from it and `samples` only once the
       binary prints `samples_s`. --baseline: a dit_baseline.py result of the same shape, for ratios.
 
+  convert_results.py fidelity --report FILE --exit-status N --name attention_fidelity_..._{gpu} [--shape K=V]...
+      the JSON report of zoetrope-attention-fidelity (worker/tools/attention_fidelity_main.cc): block density,
+      per (step, block) attention relative L2 against dense on the same inputs, final-latent relative L2.
+
 Common: --shape KEY=VALUE, --field KEY=VALUE (JSON where it parses), --results-dir, --commit.
 """
 import argparse
@@ -209,6 +213,25 @@ def dit_bench(args, fields):
     return 0
 
 
+def fidelity(args, fields):
+    if args.exit_status != 0:
+        print(f"convert_results.py fidelity: zoetrope-attention-fidelity exited with status {args.exit_status}; "
+              f"no result written (see {args.report})", file=sys.stderr)
+        return 1
+    with open(args.report) as file:
+        report = json.load(file)
+    # Reports written before the tool named its backend "backend" called it "device", which is the header's.
+    if "device" in report:
+        report.setdefault("backend", report.pop("device"))
+    fields.update(report)
+    path = write_result.write(args.name, fields, shape=args.shape_values, directory=args.results_dir,
+                              commit_value=args.commit)
+    errors = report["attention_relative_l2"]
+    print(f"{path}: block density {report['block_density']:.4f}, worst attention relative L2 {errors['worst']}, "
+          f"final latent relative L2 {report['final_latent_relative_l2']}")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -234,10 +257,12 @@ def main():
     dit.add_argument("--warmup", type=int, required=True)
     dit.add_argument("--iterations", type=int, required=True)
     dit.add_argument("--baseline", default=None, help="dit_baseline.py's result of the same shape")
+    fidelity_command = common(commands.add_parser("fidelity", help="the report of zoetrope-attention-fidelity"))
+    fidelity_command.add_argument("--report", required=True)
     args = parser.parse_args()
     args.shape_values = write_result.parse_pairs(args.shape, "--shape") if args.shape else None
     fields = write_result.parse_pairs(args.field, "--field")
-    handler = {"gtest": gtest, "generate-log": generate_log, "dit-bench": dit_bench}[args.command]
+    handler = {"gtest": gtest, "generate-log": generate_log, "dit-bench": dit_bench, "fidelity": fidelity}[args.command]
     return handler(args, fields)
 
 

@@ -110,15 +110,12 @@ for preset in ${FIDELITY_PRESETS:-radial attention-tile sliding-tile}; do
     --height 480 --frames 81 --steps "$fidelity_steps" --seed 0 -o "$logs/fidelity_$preset.json" \
     >"$logs/fidelity_$preset.log" 2>&1
   status=$?
-  if (( status == 0 )); then
-    python3 bench/write_result.py --name "attention_fidelity_1.3b_480p_${preset}_{gpu}" --results-dir "$results" \
-      --shape model=wan2.1-t2v-1.3b --shape width=832 --shape height=480 --shape frames=81 \
-      --shape steps="$fidelity_steps" --shape plan="$preset" --fields-json "@$logs/fidelity_$preset.json" \
-      --field "weights=random bf16 (zoetrope-mkweights): fidelity of random weights, not of a trained model" \
-      >"$logs/fidelity_$preset.result" 2>&1 || failed=1
-  else
-    failed=1
-  fi
+  python3 bench/convert_results.py fidelity --report "$logs/fidelity_$preset.json" --exit-status $status \
+    --name "attention_fidelity_1.3b_480p_${preset}_{gpu}" --results-dir "$results" \
+    --shape model=wan2.1-t2v-1.3b --shape width=832 --shape height=480 --shape frames=81 \
+    --shape steps="$fidelity_steps" --shape plan="$preset" \
+    --field "weights=random bf16 (zoetrope-mkweights): fidelity of random weights, not of a trained model" \
+    >"$logs/fidelity_$preset.result" 2>&1 || failed=1
   summary+=("fidelity $preset ($fidelity_steps steps): exit $status; $(tail -2 "$logs/fidelity_$preset.log" | tr '\n' ' ')")
 done
 

@@ -158,7 +158,7 @@ absl::Status Run() {
   report["dit"] = config.name;
   report["plan"] = plan_text->source;
   report["plan_yaml"] = plan->ToYaml();
-  report["device"] = (*backend)->name();
+  report["backend"] = (*backend)->name();
   report["request"] = {{"width", parameters.width},  {"height", parameters.height},     {"frames", parameters.frames},
                        {"steps", parameters.steps},  {"guidance", parameters.guidance}, {"seed", parameters.seed},
                        {"prompt", parameters.prompt}};
