@@ -289,6 +289,11 @@ class PlanParser {
     if (!rules->value.IsSequence()) {
       return Error(rules->mark, "rules", absl::StrCat("must be a list of rules, got ", Describe(rules->value)));
     }
+    if (rules->value.size() > static_cast<size_t>(kMaxPlanRules)) {
+      return Error(rules->mark, "rules",
+                   absl::StrCat("at most ", kMaxPlanRules, " rules (got ", rules->value.size(),
+                                "); ranges of blocks, heads and steps cover many sites with one rule"));
+    }
     for (size_t index = 0; index < rules->value.size(); ++index) {
       const YAML::Node rule_node = rules->value[index];
       const YAML::Mark mark = rule_node.Mark().is_null() ? rules->mark : rule_node.Mark();
@@ -562,18 +567,65 @@ absl::Status SparsityPlan::Validate(int num_layers, int num_heads, int steps) co
   const bool any_sliding_tile =
       std::any_of(rules.begin(), rules.end(), [](const SparsityRule& rule) { return rule.attention.tile_major(); });
   if (!any_sliding_tile || !has_head_rules()) return absl::OkStatus();
-  for (int step = 0; step < steps; ++step) {
-    for (int block = 0; block < num_layers; ++block) {
-      const std::vector<int> rule_of_head = RuleOfEachHead(*this, block, step, steps, num_heads);
-      for (int head = 0; head < num_heads; ++head) {
-        const int index = rule_of_head[head];
+  // Which rule a head takes changes only where a rule's block or head range starts or ends, so checking
+  // one representative index per stretch (0 and every first and last + 1 below the limit) is exact. That
+  // keeps the check cheap however large the ranges or the limits are (the scheduler, which does not know
+  // the model, passes the largest int).
+  auto representatives = [](const std::vector<SparsityRule>& all, bool for_blocks, int limit) {
+    std::set<int64_t> indices = {0};
+    for (const SparsityRule& rule : all) {
+      const std::optional<IndexRange>& range = for_blocks ? rule.blocks : rule.heads;
+      if (!range) continue;
+      indices.insert(range->first);
+      indices.insert(int64_t{range->last} + 1);
+    }
+    std::vector<int> kept;
+    for (int64_t index : indices) {
+      if (index < limit) kept.push_back(static_cast<int>(index));
+    }
+    return kept;
+  };
+  const std::vector<int> blocks = representatives(rules, true, num_layers);
+  const std::vector<int> heads = representatives(rules, false, num_heads);
+  // Steps likewise: a rule's match changes at its first step and after its last, scaled to the request.
+  std::set<int64_t> step_set = {0};
+  for (const SparsityRule& rule : rules) {
+    if (!rule.steps) continue;
+    if (!reference_steps) {
+      step_set.insert(rule.steps->first);
+      step_set.insert(int64_t{rule.steps->last} + 1);
+      continue;
+    }
+    // Request step s matches [a, b] when a·N ≤ s·R ≤ b·N: from ⌈a·N/R⌉ up to ⌊b·N/R⌋.
+    const int64_t count = std::max(steps, 1), reference = *reference_steps;
+    step_set.insert((int64_t{rule.steps->first} * count + reference - 1) / reference);
+    step_set.insert(int64_t{rule.steps->last} * count / reference + 1);
+  }
+  std::vector<int> step_list;
+  for (int64_t step : step_set) {
+    if (step < steps) step_list.push_back(static_cast<int>(step));
+  }
+  auto rule_of = [&](int block, int step, int head) {
+    for (size_t index = 0; index < rules.size(); ++index) {
+      const SparsityRule& rule = rules[index];
+      if (rule.heads && !rule.heads->Contains(head)) continue;
+      if (RuleMatchesSite(rule, reference_steps, block, step, steps)) return static_cast<int>(index);
+    }
+    return -1;
+  };
+  for (int step : step_list) {
+    for (int block : blocks) {
+      std::vector<int> rule_of_head;
+      for (int head : heads) rule_of_head.push_back(rule_of(block, step, head));
+      for (size_t position = 0; position < heads.size(); ++position) {
+        const int index = rule_of_head[position];
         if (index < 0 || !rules[index].attention.tile_major()) continue;
-        for (int other = 0; other < num_heads; ++other) {
+        for (size_t other = 0; other < heads.size(); ++other) {
           if (rule_of_head[other] == index) continue;
           const std::string other_rule = rule_of_head[other] < 0 ? "no rule (dense)" : RuleLabel(rule_of_head[other]);
           return rule_error(index, "mode",
                             absl::StrCat("sliding-tile shares block ", block, " step ", step, " with ", other_rule,
-                                         " on head ", other,
+                                         " on head ", heads[other],
                                          "; sliding tile re-orders the tokens of every head, so it must take all "
                                          "heads of each site it applies to"));
         }

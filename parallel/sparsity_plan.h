@@ -43,6 +43,9 @@
 // (decay 0.2), `attention-tile` (reference_frames 3) or `sliding-tile` (tile (6, 8, 8), window (3, 3, 3)).
 // A preset is the YAML text that ToYaml() prints for it.
 //
+// Size: at most kMaxPlanRules rules (ranges cover many sites with one rule), so that checking a plan stays
+// cheap for any ranges and any model, also where the scheduler checks untrusted request text.
+//
 // Nothing here throws: yaml-cpp's exceptions are caught and turned into Status.
 #pragma once
 
@@ -57,6 +60,8 @@
 #include "parallel/attention_mode.h"
 
 namespace zoetrope {
+
+inline constexpr int kMaxPlanRules = 64;
 
 // The spelling of a mode in plans, JSON and logs: "dense", "radial", "attention-tile", "sliding-tile".
 const char* SparsityPlanModeName(SparseLayoutMode mode);

@@ -6,8 +6,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <ostream>
 #include <set>
 #include <string>
@@ -397,6 +399,43 @@ TEST(SparsityPlanValidate, SlidingTileMustTakeAllHeadsOfItsSites) {
   const absl::Status code_status = in_code.Validate(30, 12, 50);
   ASSERT_FALSE(code_status.ok());
   EXPECT_TRUE(Contains(std::string(code_status.message()), "code: rule 1: heads: not allowed with mode sliding-tile"));
+}
+
+// The scheduler checks request plans without knowing the model: the largest int for blocks and heads, and
+// huge ranges in the plan, must neither hang nor allocate per head, and must still find the conflict.
+TEST(SparsityPlanValidate, CheapForUnknownModelsAndHugeRanges) {
+  const SparsityPlan mixed = ParseOrDie(
+      "reference_steps: 50\n"
+      "rules:\n"
+      "  - blocks: [1000000, 2000000000]\n"
+      "    heads: [0, 1999999999]\n"
+      "    steps: [20, 30]\n"
+      "    mode: radial\n"
+      "  - mode: sliding-tile\n");
+  constexpr int kLargest = std::numeric_limits<int>::max();
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status status = mixed.Validate(kLargest, kLargest, 200);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 1.0);
+  ASSERT_FALSE(status.ok());
+  // The first conflicting site: block 1000000, the first step that scales into [20, 30] (80 of 200), a head
+  // past the radial range.
+  EXPECT_TRUE(Contains(std::string(status.message()), "sliding-tile shares block 1000000 step 80")) << status;
+  EXPECT_TRUE(Contains(std::string(status.message()), "on head 0")) << status;
+  // Without the conflict (every head radial there), the same sizes pass.
+  const SparsityPlan uniform = ParseOrDie(
+      "rules:\n"
+      "  - blocks: [1000000, 2000000000]\n"
+      "    mode: radial\n"
+      "  - mode: sliding-tile\n");
+  EXPECT_TRUE(uniform.Validate(kLargest, kLargest, 200).ok());
+}
+
+TEST(SparsityPlanParse, AtMostMaxRules) {
+  std::string text = "rules:\n";
+  for (int rule = 0; rule <= kMaxPlanRules; ++rule) absl::StrAppend(&text, "  - blocks: ", rule, "\n    mode: dense\n");
+  const absl::StatusOr<SparsityPlan> plan = ParseSparsityPlan(text, "many.yaml");
+  ASSERT_FALSE(plan.ok());
+  EXPECT_TRUE(Contains(std::string(plan.status().message()), "many.yaml:1: rules: at most 64 rules")) << plan.status();
 }
 
 // ---- resolution ------------------------------------------------------------------------------------
