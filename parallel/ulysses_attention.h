@@ -1,0 +1,106 @@
+// Ulysses sequence parallelism (DeepSpeed-Ulysses) for the DiT's self-attention, one instance per rank.
+//
+// Every rank holds a contiguous token shard of the sequence (TokenShard) and computes q, k, v for its own
+// tokens and every head. Attention needs every token, so Attend
+//   1. all-to-alls q, k, v from [L_r, H, d] (own tokens, all heads) to [L, H_r, d] (all tokens, the
+//      rank's heads: the contiguous global head range HeadShard(H, P, rank)),
+//   2. runs the inner attention on the whole sequence for those heads: the dense kernel, or the sparsity
+//      plan's layout for its heads (spec/sparse-attention.md §8: after the first all-to-all every mode
+//      applies unchanged, only the head subset differs, so a per-head plan is split with the heads),
+//   3. all-to-alls the output back from [L, H_r, d] to [L_r, H, d].
+// The result is the one-device attention of the rank's shard: the collectives and gathers only move bytes
+// and every head still sees every key in the same order (the whole DiT forward on P CPU ranks differs from
+// one device by ~2e-7 relative, from the other kernels' row blocking over shards of another size).
+//
+// Uneven splits, and why: the token count rarely divides by P (9×16×16 = 2304 tokens on 5 ranks) and
+// Wan's head counts (12, 40) do not divide by every P (12 heads on 5 ranks). Shards and head groups are
+// both the balanced split of BalancedSplit (the first total mod P parts one larger), and the all-to-alls
+// carry a different size per peer (Communicator::AllToAll is the variable "v" form). That is exact for
+// every (tokens, heads, P), needs no padding tokens (which would change the softmax unless masked) and no
+// padded heads (which would cost ⌈H/P⌉·P − H heads of compute and traffic on every call for nothing);
+// the load imbalance, ⌈H/P⌉ heads on the busiest rank, is the same as padding's. With P > H some ranks get
+// no heads: they still take part in both all-to-alls (sending their tokens, receiving their share of the
+// output) and skip the kernel.
+//
+// Not thread-safe: one instance per rank thread, called in the same order on every rank of the group
+// (it issues two collectives per call). A failed collective is a broken group, not bad input: it aborts
+// with the communicator's error.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "parallel/communicator.h"
+#include "parallel/planned_attention.h"
+#include "parallel/sequence_attention.h"
+#include "parallel/sparsity_plan.h"
+
+namespace zoetrope {
+
+// A contiguous range [begin, begin + count) of tokens or heads.
+struct ShardRange {
+  int64_t begin = 0;
+  int64_t count = 0;
+};
+
+// Part `index` of `total` items split into `parts` ≥ 1 contiguous parts in order, the first total mod parts
+// parts one item larger than the others. Preconditions: total ≥ 0, 0 ≤ index < parts.
+ShardRange BalancedSplit(int64_t total, int parts, int index);
+// The token shard of `rank` among `ranks`: what ForwardShard gets as (shard_begin, shard_count).
+inline ShardRange TokenShard(int64_t tokens, int ranks, int rank) { return BalancedSplit(tokens, ranks, rank); }
+// The global heads whose whole-sequence attention `rank` computes.
+inline ShardRange HeadShard(int64_t heads, int ranks, int rank) { return BalancedSplit(heads, ranks, rank); }
+
+// The plan as seen by the heads [heads.begin, heads.begin + heads.count) renumbered from 0: head ranges
+// are intersected with those heads and shifted, and rules whose heads all lie outside are dropped (they
+// can never match a local head, so first-match order is unchanged for the others). Resolving the result
+// with heads.count heads gives the rank's slice of resolving `plan` with all heads. heads.count ≥ 1.
+SparsityPlan PlanForHeads(const SparsityPlan& plan, ShardRange heads);
+
+class UlyssesAttention final : public SequenceAttention {
+ public:
+  // Dense attention. `communicator` is this rank's and must outlive the instance.
+  explicit UlyssesAttention(Communicator& communicator);
+  // Plan-driven attention: `plan` and `steps` as for PlannedAttention (validated against the model's
+  // global head count); each rank runs its heads' part of it.
+  UlyssesAttention(Communicator& communicator, SparsityPlan plan, int steps);
+  ~UlyssesAttention() override;
+
+  // q, k, v: this rank's token shard [TokenShard(site.grid.tokens(), P, rank).count, H, d] (RoPE applied),
+  // the same H and dtype on every rank. Returns the attention output of the shard, same shape and dtype.
+  Tensor Attend(Backend& backend, const Tensor& q, const Tensor& k, const Tensor& v,
+                const AttentionSite& site) override;
+
+  // Mean block density over this rank's heads of every call so far (1 before the first call, for dense
+  // attention and for a rank without heads).
+  double mean_block_density() const override;
+  // The group's figure, every global head of every call weighted equally: Σ_r H_r·density_r / H. A
+  // collective (one all-reduce): every rank must call it at the same point.
+  absl::StatusOr<double> GroupMeanBlockDensity(Backend& backend);
+  int64_t calls() const { return calls_; }
+
+ private:
+  // Row orders of the three GatherRows of a call, over rows of d elements (so any head dim shares them),
+  // uploaded once per (tokens, heads).
+  struct Orders {
+    Tensor pack;      // I32 [3·L_r·H]: stacked q|k|v [3, L_r, H] -> peer chunks [P][3, L_r, H_p]
+    Tensor unpack;    // I32 [3·L·H_r]: received chunks [P][3, L_p, H_r] -> [3, L, H_r]
+    Tensor assemble;  // I32 [L_r·H]: returned chunks [P][L_r, H_p] -> [L_r, H]
+  };
+  const Orders& OrdersFor(Backend& backend, int64_t tokens, int64_t heads);
+
+  Communicator& communicator_;
+  std::optional<SparsityPlan> plan_;
+  int steps_ = 0;
+  int64_t heads_ = 0;                        // global head count, fixed by the first call
+  std::unique_ptr<PlannedAttention> inner_;  // for the rank's heads, when there is a plan and heads
+  std::map<std::pair<int64_t, int64_t>, Orders> orders_;
+  int64_t calls_ = 0;
+};
+
+}  // namespace zoetrope
