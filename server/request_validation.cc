@@ -3,7 +3,6 @@
 #include <cmath>
 #include <limits>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/descriptor.h"
@@ -17,6 +16,33 @@ namespace v1 = zoetrope::v1;
 
 absl::Status Invalid(absl::string_view field, absl::string_view rule) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
+}
+
+// True for a code point with the Unicode White_Space property (PropList.txt): a prompt of nothing else
+// (say U+3000 IDEOGRAPHIC SPACE pasted from a CJK keyboard) is as empty as one of ASCII spaces.
+bool IsUnicodeWhiteSpace(uint32_t code_point) {
+  switch (code_point) {
+    case 0x0009: case 0x000A: case 0x000B: case 0x000C: case 0x000D: case 0x0020: case 0x0085: case 0x00A0:
+    case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
+      return true;
+    default:
+      return code_point >= 0x2000 && code_point <= 0x200A;
+  }
+}
+
+// True when valid UTF-8 `text` holds only White_Space code points (or nothing).
+bool IsOnlyWhiteSpace(absl::string_view text) {
+  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
+  size_t i = 0;
+  while (i < text.size()) {
+    const unsigned char lead = bytes[i];
+    const int length = lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
+    uint32_t code_point = length == 1 ? lead : lead & (0x7F >> length);
+    for (int k = 1; k < length && i + k < text.size(); ++k) code_point = (code_point << 6) | (bytes[i + k] & 0x3F);
+    if (!IsUnicodeWhiteSpace(code_point)) return false;
+    i += length;
+  }
+  return true;
 }
 
 // Number of code points of valid UTF-8.
@@ -35,7 +61,8 @@ absl::Status CheckText(absl::string_view field, const std::string& text, bool re
   if (characters > kMaxPromptCharacters) {
     return Invalid(field, absl::StrCat("must be at most ", kMaxPromptCharacters, " characters (got ", characters, ")"));
   }
-  if (required && absl::StripAsciiWhitespace(text).empty()) {
+  // Checked after the UTF-8 check, so the decoding in IsOnlyWhiteSpace sees well-formed text.
+  if (required && IsOnlyWhiteSpace(text)) {
     return Invalid(field, "is required and must not be only whitespace");
   }
   for (unsigned char byte : text) {
@@ -100,13 +127,12 @@ bool IsValidUtf8(absl::string_view text, size_t* error_offset) {
   return true;
 }
 
-absl::StatusOr<v1::SubmitJobRequest> ParseSubmitJobRequest(const std::string& bytes) {
-  v1::SubmitJobRequest request;
-  if (request.ParseFromString(bytes)) return request;
+absl::Status ParseRequest(const std::string& bytes, google::protobuf::Message& message) {
+  if (message.ParseFromString(bytes)) return absl::OkStatus();
   // Find out why: protobuf rejects text fields that are not UTF-8 without saying which one.
   google::protobuf::UnknownFieldSet fields;
   if (fields.ParseFromString(bytes)) {
-    const google::protobuf::Descriptor* descriptor = v1::SubmitJobRequest::descriptor();
+    const google::protobuf::Descriptor* descriptor = message.GetDescriptor();
     for (int i = 0; i < fields.field_count(); ++i) {
       const google::protobuf::UnknownField& field = fields.field(i);
       if (field.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) continue;
@@ -118,7 +144,14 @@ absl::StatusOr<v1::SubmitJobRequest> ParseSubmitJobRequest(const std::string& by
       }
     }
   }
-  return absl::InvalidArgumentError("request: not a valid zoetrope.v1.SubmitJobRequest message");
+  return absl::InvalidArgumentError(
+      absl::StrCat("request: not a valid ", message.GetDescriptor()->full_name(), " message"));
+}
+
+absl::StatusOr<v1::SubmitJobRequest> ParseSubmitJobRequest(const std::string& bytes) {
+  v1::SubmitJobRequest request;
+  if (absl::Status status = ParseRequest(bytes, request); !status.ok()) return status;
+  return request;
 }
 
 int64_t LatentTokens(int64_t width, int64_t height, int64_t frames) {
@@ -204,6 +237,8 @@ absl::StatusOr<v1::SubmitJobRequest> ValidateAndResolve(const v1::SubmitJobReque
     return Invalid("output_format", absl::StrCat("unknown value ", request.output_format(),
                                                  " (OUTPUT_FORMAT_MP4 or OUTPUT_FORMAT_RAW_SAFETENSORS)"));
   }
+  // Echo the effective format, as for the other enums: a client reading Job.request learns what it gets.
+  if (request.output_format() == v1::OUTPUT_FORMAT_UNSPECIFIED) resolved.set_output_format(v1::OUTPUT_FORMAT_MP4);
 
   // deadline
   if (request.has_deadline()) {

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "google/protobuf/message.h"
 #include "zoetrope/v1/video_service.pb.h"
 
 namespace zoetrope::server {
@@ -47,6 +48,12 @@ struct ValidationContext {
   // Largest latent token count accepted (F_latent · H/16 · W/16).
   int64_t max_tokens = 0;
 };
+
+// Parses a serialized request of any VideoService method into `message`. A text field holding bytes that are
+// not UTF-8 gives INVALID_ARGUMENT naming the field; any other malformed input gives INVALID_ARGUMENT
+// "request: not a valid <message type> message". gRPC's own parse would answer with no field named (and,
+// on the callback API, not even INVALID_ARGUMENT), so every method parses its raw bytes through this.
+absl::Status ParseRequest(const std::string& bytes, google::protobuf::Message& message);
 
 // Parses a serialized SubmitJobRequest. Unlike protobuf's own parser, a text field holding bytes that
 // are not UTF-8 gives INVALID_ARGUMENT naming the field (protobuf would fail the whole parse with no

@@ -1,8 +1,22 @@
 #include "server/scheduler_metrics.h"
 
+#include "absl/status/status.h"
 #include "common/metrics_endpoint.h"
 
 namespace zoetrope::server {
+namespace {
+
+// The VideoService methods (as video_service.cc names them) and the label values the scheduler uses
+// (PriorityName, JobStateName of final states, RequeueLocked reasons in server/scheduler*.cc).
+constexpr const char* kApiMethods[] = {"SubmitJob", "Generate",  "GetJob",     "WatchJob",
+                                       "CancelJob", "ListJobs", "FetchResult"};
+constexpr const char* kPriorities[] = {"low", "normal", "high"};
+constexpr const char* kFinalStates[] = {"succeeded", "failed", "cancelled", "expired"};
+constexpr const char* kRequeueReasons[] = {"worker_lost", "handed_back"};
+// gRPC status codes are 0 (OK) … 16 (UNAUTHENTICATED); absl::StatusCode has the same numbers and names.
+constexpr int kStatusCodes = 17;
+
+}  // namespace
 
 SchedulerMetrics::SchedulerMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
@@ -83,6 +97,27 @@ SchedulerMetrics::SchedulerMetrics()
                     .Register(*registry_)
                     .Add({})) {
   SetWorkers(0, 0, 0);
+  for (const char* method : kApiMethods) {
+    for (int code = 0; code < kStatusCodes; ++code) {
+      api_requests_.Add({{"method", method}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
+    }
+  }
+}
+
+void SchedulerMetrics::InitializeModel(const std::string& model) {
+  {
+    absl::MutexLock lock(&models_mutex_);
+    if (!initialized_models_.insert(model).second) return;
+  }
+  // Add() returns the existing series untouched when it exists, so racing with a real update is harmless.
+  for (const char* priority : kPriorities) {
+    jobs_submitted_.Add({{"model", model}, {"priority", priority}});
+    queue_depth_.Add({{"model", model}, {"priority", priority}});
+  }
+  for (const char* state : kFinalStates) jobs_finished_.Add({{"model", model}, {"state", state}});
+  for (const char* reason : kRequeueReasons) jobs_requeued_.Add({{"model", model}, {"reason", reason}});
+  jobs_running_.Add({{"model", model}});
+  energy_total_.Add({{"model", model}});
 }
 
 void SchedulerMetrics::ApiRequest(const std::string& method, const std::string& code) {
@@ -90,15 +125,18 @@ void SchedulerMetrics::ApiRequest(const std::string& method, const std::string& 
 }
 
 void SchedulerMetrics::JobSubmitted(const std::string& model, const std::string& priority) {
+  InitializeModel(model);
   jobs_submitted_.Add({{"model", model}, {"priority", priority}}).Increment();
 }
 
 void SchedulerMetrics::JobStarted(const std::string& model, double queue_seconds) {
+  InitializeModel(model);
   queue_duration_.Add({{"model", model}}, DurationBuckets()).Observe(queue_seconds);
 }
 
 void SchedulerMetrics::JobFinished(const std::string& model, const std::string& state, double run_seconds,
                                    double end_to_end_seconds, double gpu_energy_joules, double cost_dollars, bool ran) {
+  InitializeModel(model);
   jobs_finished_.Add({{"model", model}, {"state", state}}).Increment();
   end_to_end_duration_.Add({{"model", model}}, DurationBuckets()).Observe(end_to_end_seconds);
   if (ran) {
@@ -110,18 +148,22 @@ void SchedulerMetrics::JobFinished(const std::string& model, const std::string& 
 }
 
 void SchedulerMetrics::JobRequeued(const std::string& model, const std::string& reason) {
+  InitializeModel(model);
   jobs_requeued_.Add({{"model", model}, {"reason", reason}}).Increment();
 }
 
 void SchedulerMetrics::StepCompleted(const std::string& model, double seconds) {
+  InitializeModel(model);
   step_duration_.Add({{"model", model}}, DurationBuckets()).Observe(seconds);
 }
 
 void SchedulerMetrics::SetQueueDepth(const std::string& model, const std::string& priority, double depth) {
+  InitializeModel(model);
   queue_depth_.Add({{"model", model}, {"priority", priority}}).Set(depth);
 }
 
 void SchedulerMetrics::SetRunning(const std::string& model, double running) {
+  InitializeModel(model);
   jobs_running_.Add({{"model", model}}).Set(running);
 }
 

@@ -18,10 +18,20 @@
 //   zoetrope_results_deleted_total                     results removed by retention
 //   zoetrope_job_watchers                              open WatchJob/Generate streams
 //   zoetrope_draining                                  1 while draining after SIGTERM
+//
+// Label combinations known in advance are exported at 0 before their first use, so that a dashboard or an
+// alert (rate(), absent()) sees the series from the first scrape rather than from the first event: every
+// method × gRPC code of zoetrope_api_requests_total from the start, and for each model, as soon as the
+// scheduler first reports anything about it, every priority, final state and requeue reason. All of these
+// sets are small and fixed (7 × 17 API series; 3 + 4 + 2 + 3 + 1 + 1 per model).
 #pragma once
 
 #include <memory>
+#include <set>
 #include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -53,6 +63,11 @@ class SchedulerMetrics {
   void SetDraining(bool draining);
 
  private:
+  // Creates the model's series of the known label values at 0, once per model.
+  void InitializeModel(const std::string& model);
+
+  absl::Mutex models_mutex_;
+  std::set<std::string> initialized_models_ ABSL_GUARDED_BY(models_mutex_);
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& api_requests_;
   prometheus::Family<prometheus::Counter>& jobs_submitted_;

@@ -211,7 +211,7 @@ class EventStreamReactor final : public grpc::ServerWriteReactor<Wire> {
 };
 
 // Streams a result file from an offset in chunks.
-class FetchReactor final : public grpc::ServerWriteReactor<v1::ResultChunk> {
+class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   FetchReactor(SchedulerMetrics* metrics, ResultLocation location, int64_t offset, int chunk_size)
       : metrics_(metrics), location_(std::move(location)), offset_(offset), chunk_size_(chunk_size) {}
@@ -271,7 +271,8 @@ class FetchReactor final : public grpc::ServerWriteReactor<v1::ResultChunk> {
     chunk_.set_sha256(location_.sha256);
     offset_ += static_cast<int64_t>(have);
     chunk_.set_last(offset_ == location_.size_bytes);
-    StartWrite(&chunk_);
+    wire_ = Serialize(chunk_);
+    StartWrite(&wire_);
   }
 
   SchedulerMetrics* metrics_;
@@ -281,7 +282,27 @@ class FetchReactor final : public grpc::ServerWriteReactor<v1::ResultChunk> {
   int fd_ = -1;
   std::string buffer_;
   v1::ResultChunk chunk_;
+  grpc::ByteBuffer wire_;  // chunk_ serialized; must outlive the write
 };
+
+// A unary method on raw bytes: parses the request (INVALID_ARGUMENT when malformed), runs `call` on it,
+// serializes the answer and counts the call.
+template <typename Request, typename Call>
+grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context, SchedulerMetrics* metrics, const char* method,
+                                   const grpc::ByteBuffer& request_bytes, grpc::ByteBuffer* response, Call call) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Request request;
+  absl::Status status = ParseRequest(Flatten(request_bytes), request);
+  if (status.ok()) {
+    auto answer = call(request);
+    if (answer.ok()) *response = Serialize(*answer);
+    status = answer.status();
+  }
+  const grpc::Status grpc_status = ToGrpc(status);
+  Count(metrics, method, grpc_status);
+  reactor->Finish(grpc_status);
+  return reactor;
+}
 
 }  // namespace
 
@@ -308,65 +329,55 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoServiceImpl::Generate(grpc::Cal
 }
 
 grpc::ServerUnaryReactor* VideoServiceImpl::GetJob(grpc::CallbackServerContext* context,
-                                                   const v1::GetJobRequest* request, v1::Job* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<v1::Job> job = scheduler_.GetJob(request->id());
-  if (job.ok()) *response = std::move(*job);
-  const grpc::Status status = ToGrpc(job.status());
-  Count(metrics_, "GetJob", status);
-  reactor->Finish(status);
-  return reactor;
+                                                   const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+  return RunUnary<v1::GetJobRequest>(context, metrics_, "GetJob", *request, response,
+                                     [&](const v1::GetJobRequest& parsed) { return scheduler_.GetJob(parsed.id()); });
 }
 
-grpc::ServerWriteReactor<v1::JobEvent>* VideoServiceImpl::WatchJob(grpc::CallbackServerContext* context,
-                                                                   const v1::WatchJobRequest* request) {
-  auto* reactor = new EventStreamReactor<v1::JobEvent>(metrics_, "WatchJob");
-  if (absl::Status status = scheduler_.Watch(request->id(), reactor->sink()); !status.ok()) {
-    reactor->FinishWithError(ToGrpc(status));
-  }
+grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoServiceImpl::WatchJob(grpc::CallbackServerContext* context,
+                                                                       const grpc::ByteBuffer* request) {
+  auto* reactor = new EventStreamReactor<grpc::ByteBuffer>(metrics_, "WatchJob");
+  v1::WatchJobRequest parsed;
+  absl::Status status = ParseRequest(Flatten(*request), parsed);
+  if (status.ok()) status = scheduler_.Watch(parsed.id(), reactor->sink());
+  if (!status.ok()) reactor->FinishWithError(ToGrpc(status));
   return reactor;
 }
 
 grpc::ServerUnaryReactor* VideoServiceImpl::CancelJob(grpc::CallbackServerContext* context,
-                                                      const v1::CancelJobRequest* request, v1::Job* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<v1::Job> job = scheduler_.CancelJob(request->id());
-  if (job.ok()) *response = std::move(*job);
-  const grpc::Status status = ToGrpc(job.status());
-  Count(metrics_, "CancelJob", status);
-  reactor->Finish(status);
-  return reactor;
+                                                      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+  return RunUnary<v1::CancelJobRequest>(
+      context, metrics_, "CancelJob", *request, response,
+      [&](const v1::CancelJobRequest& parsed) { return scheduler_.CancelJob(parsed.id()); });
 }
 
 grpc::ServerUnaryReactor* VideoServiceImpl::ListJobs(grpc::CallbackServerContext* context,
-                                                     const v1::ListJobsRequest* request,
-                                                     v1::ListJobsResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<v1::ListJobsResponse> page = scheduler_.ListJobs(*request);
-  if (page.ok()) *response = std::move(*page);
-  const grpc::Status status = ToGrpc(page.status());
-  Count(metrics_, "ListJobs", status);
-  reactor->Finish(status);
-  return reactor;
+                                                     const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+  return RunUnary<v1::ListJobsRequest>(context, metrics_, "ListJobs", *request, response,
+                                       [&](const v1::ListJobsRequest& parsed) { return scheduler_.ListJobs(parsed); });
 }
 
-grpc::ServerWriteReactor<v1::ResultChunk>* VideoServiceImpl::FetchResult(grpc::CallbackServerContext* context,
-                                                                         const v1::FetchResultRequest* request) {
-  absl::Status invalid;
-  if (request->chunk_size() < 0 || request->chunk_size() > kMaxResultChunkBytes) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoServiceImpl::FetchResult(grpc::CallbackServerContext* context,
+                                                                          const grpc::ByteBuffer* request_bytes) {
+  v1::FetchResultRequest request;
+  absl::Status invalid = ParseRequest(Flatten(*request_bytes), request);
+  if (invalid.ok() && (request.chunk_size() < 0 || request.chunk_size() > kMaxResultChunkBytes)) {
     invalid = absl::InvalidArgumentError(absl::StrCat("chunk_size: must be in [0, ", kMaxResultChunkBytes, "] (got ",
-                                                      request->chunk_size(), ")"));
-  } else if (request->offset() < 0) {
-    invalid = absl::InvalidArgumentError(absl::StrCat("offset: must be ≥ 0 (got ", request->offset(), ")"));
+                                                      request.chunk_size(), ")"));
+  } else if (invalid.ok() && request.offset() < 0) {
+    invalid = absl::InvalidArgumentError(absl::StrCat("offset: must be ≥ 0 (got ", request.offset(), ")"));
   }
   absl::StatusOr<ResultLocation> location =
-      invalid.ok() ? scheduler_.GetResult(request->id()) : absl::StatusOr<ResultLocation>(invalid);
-  if (location.ok() && request->offset() > location->size_bytes) {
-    location = absl::OutOfRangeError(absl::StrCat("offset: ", request->offset(), " is past the end of the result (",
+      invalid.ok() ? scheduler_.GetResult(request.id()) : absl::StatusOr<ResultLocation>(invalid);
+  if (location.ok() && request.offset() > location->size_bytes) {
+    location = absl::OutOfRangeError(absl::StrCat("offset: ", request.offset(), " is past the end of the result (",
                                                   location->size_bytes, " bytes)"));
   }
-  const int chunk_size = request->chunk_size() == 0 ? kMaxResultChunkBytes : request->chunk_size();
-  auto* reactor = new FetchReactor(metrics_, location.ok() ? *location : ResultLocation{}, request->offset(), chunk_size);
+  const int chunk_size = request.chunk_size() <= 0 || request.chunk_size() > kMaxResultChunkBytes
+                             ? kMaxResultChunkBytes
+                             : request.chunk_size();
+  auto* reactor =
+      new FetchReactor(metrics_, location.ok() ? *location : ResultLocation{}, request.offset(), chunk_size);
   if (!location.ok()) {
     reactor->FinishWith(ToGrpc(location.status()));
   } else {

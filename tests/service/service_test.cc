@@ -218,6 +218,15 @@ TEST(ServiceTest, EveryBadInputIsInvalidArgumentNamingTheFieldAndChangesNothing)
       {"model", [](auto& r) { r.set_model(std::string(200, 'm')); }},
       {"prompt", [](auto& r) { r.set_prompt(""); }},
       {"prompt", [](auto& r) { r.set_prompt(" \t\n "); }},
+      // Unicode White_Space only: U+3000 ideographic space, U+00A0 no-break space, U+2003 em space, and the rest
+      // (U+0085, U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F) mixed with ASCII.
+      {"prompt", [](auto& r) { r.set_prompt("\u3000"); }},
+      {"prompt", [](auto& r) { r.set_prompt("\u00A0\u00A0"); }},
+      {"prompt", [](auto& r) { r.set_prompt("\u2003"); }},
+      {"prompt", [](auto& r) {
+         r.set_prompt(" \u0085\u1680\u2000\u2001\u2002\u2004\u2005\u2006\u2007\u2008\u2009\u200A\u2028\u2029\u202F"
+                      "\u205F\u3000\t\v\f\r");
+       }},
       {"prompt", [](auto& r) { r.set_prompt(std::string(2001, 'a')); }},
       {"prompt", [](auto& r) { r.set_prompt(std::string("nul\0inside", 10)); }},
       {"negative_prompt", [](auto& r) { r.set_negative_prompt(std::string(2001, 'b')); }},
@@ -268,6 +277,13 @@ TEST(ServiceTest, EveryBadInputIsInvalidArgumentNamingTheFieldAndChangesNothing)
     EXPECT_EQ(status.error_message().rfind(bad.field + ":", 0), 0u)
         << "message must start with the field \"" << bad.field << "\": " << status.error_message();
   }
+  {
+    v1::SubmitJobRequest request = SmallRequest(2);
+    request.set_prompt("\u3000 \u00A0");
+    v1::Job job;
+    const grpc::Status status = Submit(stub, request, &job);
+    EXPECT_EQ(status.error_message(), "prompt: is required and must not be only whitespace");
+  }
 
   // Text that is not UTF-8: sent as raw bytes (protobuf would not build such a message for us).
   for (const auto& [field, number] : std::vector<std::pair<std::string, int>>{
@@ -285,10 +301,26 @@ TEST(ServiceTest, EveryBadInputIsInvalidArgumentNamingTheFieldAndChangesNothing)
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
     EXPECT_EQ(status.error_message().rfind(field + ": must be valid UTF-8", 0), 0u) << status.error_message();
   }
-  // A message that is not a SubmitJobRequest at all.
-  EXPECT_EQ(RawUnaryCall(cluster.channel(), "/zoetrope.v1.VideoService/SubmitJob", "\xFF\xFF\xFF", nullptr)
-                .error_code(),
-            grpc::StatusCode::INVALID_ARGUMENT);
+  // A message that is not a request at all: every method answers INVALID_ARGUMENT with a message (the
+  // server-streaming ones too: a unary call reads their final status).
+  for (const char* method : {"SubmitJob", "Generate", "GetJob", "CancelJob", "ListJobs", "WatchJob", "FetchResult"}) {
+    const grpc::Status status =
+        RawUnaryCall(cluster.channel(), absl::StrCat("/zoetrope.v1.VideoService/", method), "\xFF\xFF\xFF", nullptr);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_EQ(status.error_message().rfind("request: not a valid zoetrope.v1.", 0), 0u)
+        << method << ": " << status.error_message();
+  }
+  // A job id that is not UTF-8 is named as such.
+  for (const char* method : {"GetJob", "CancelJob", "WatchJob", "FetchResult"}) {
+    const std::string bad_id = "job-\xFF";
+    const std::string bytes = std::string(1, static_cast<char>((1 << 3) | 2)) +
+                              static_cast<char>(bad_id.size()) + bad_id;
+    const grpc::Status status =
+        RawUnaryCall(cluster.channel(), absl::StrCat("/zoetrope.v1.VideoService/", method), bytes, nullptr);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_EQ(status.error_message().rfind("id: must be valid UTF-8", 0), 0u)
+        << method << ": " << status.error_message();
+  }
 
   // Bad list requests.
   for (const auto& mutate : std::vector<std::function<void(v1::ListJobsRequest&)>>{
@@ -311,6 +343,9 @@ TEST(ServiceTest, EveryBadInputIsInvalidArgumentNamingTheFieldAndChangesNothing)
   v1::Job job;
   EXPECT_TRUE(Submit(stub, SmallRequest(2), &job).ok());
   EXPECT_EQ(ListAll(stub).size(), 1u);
+  // The output format left unspecified comes back as the one that applies.
+  EXPECT_EQ(job.request().output_format(), v1::OUTPUT_FORMAT_MP4);
+  EXPECT_EQ(GetJob(stub, job.id())->request().output_format(), v1::OUTPUT_FORMAT_MP4);
 }
 
 TEST(ServiceTest, IdempotencyByClientRequestId) {
@@ -741,6 +776,16 @@ TEST(ServiceTest, HundredConcurrentWatchers) {
 TEST(ServiceTest, MetricsOfSchedulerAndWorker) {
   ServiceCluster cluster("metrics");
   ASSERT_TRUE(cluster.StartScheduler());
+  // A fresh scheduler already exports every method × code at 0, so rate() and alerts see the series at once.
+  const std::string fresh = ScrapeMetrics(cluster.metrics_port());
+  for (const char* method : {"SubmitJob", "Generate", "GetJob", "WatchJob", "CancelJob", "ListJobs", "FetchResult"}) {
+    for (const char* code : {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}) {
+      EXPECT_EQ(MetricValue(fresh, absl::StrCat("zoetrope_api_requests_total{code=\"", code, "\",method=\"", method,
+                                                "\"}")),
+                0.0)
+          << method << " " << code;
+    }
+  }
   ASSERT_TRUE(cluster.StartWorker("w1"));
   v1::Job job;
   ASSERT_TRUE(Submit(cluster.stub(), SmallRequest(3), &job).ok());
@@ -748,6 +793,15 @@ TEST(ServiceTest, MetricsOfSchedulerAndWorker) {
   const std::string scheduler = ScrapeMetrics(cluster.metrics_port());
   EXPECT_EQ(MetricValue(scheduler, "zoetrope_jobs_finished_total{model=\"tiny\",state=\"succeeded\"}"), 1.0);
   EXPECT_EQ(MetricValue(scheduler, "zoetrope_jobs_submitted_total{model=\"tiny\",priority=\"normal\"}"), 1.0);
+  // The model's other known label values are there at 0 from its first job on.
+  EXPECT_EQ(MetricValue(scheduler, "zoetrope_jobs_submitted_total{model=\"tiny\",priority=\"high\"}"), 0.0);
+  EXPECT_EQ(MetricValue(scheduler, "zoetrope_queue_depth{model=\"tiny\",priority=\"low\"}"), 0.0);
+  for (const char* state : {"failed", "cancelled", "expired"}) {
+    const std::string series = absl::StrCat("zoetrope_jobs_finished_total{model=\"tiny\",state=\"", state, "\"}");
+    EXPECT_EQ(MetricValue(scheduler, series), 0.0) << series;
+  }
+  EXPECT_EQ(MetricValue(scheduler, "zoetrope_jobs_requeued_total{model=\"tiny\",reason=\"worker_lost\"}"), 0.0);
+  EXPECT_EQ(MetricValue(scheduler, "zoetrope_jobs_requeued_total{model=\"tiny\",reason=\"handed_back\"}"), 0.0);
   EXPECT_EQ(MetricValue(scheduler, "zoetrope_queue_depth{model=\"tiny\",priority=\"normal\"}"), 0.0);
   EXPECT_EQ(MetricValue(scheduler, "zoetrope_jobs_running{model=\"tiny\"}"), 0.0);
   EXPECT_EQ(MetricValue(scheduler, "zoetrope_workers{state=\"idle\"}"), 1.0);

@@ -205,10 +205,10 @@ TEST_F(SafetensorsTest, MetadataRoundTrips) {
 TEST_F(SafetensorsTest, WriterKeepsDeclaredOrderAndPadsTheHeader) {
   const std::string path = PathOf("ordered.safetensors");
   Tensor zeta = Patterned({3}, DType::kF32, 1);
-  Tensor alpha = Patterned({5}, DType::kBF16, 2);
+  Tensor alpha = Patterned({6}, DType::kBF16, 2);
   Tensor middle = Patterned({1, 1}, DType::kI64, 3);
   absl::StatusOr<std::unique_ptr<SafetensorsWriter>> writer = SafetensorsWriter::Create(
-      path, {{"zeta", DType::kF32, {3}}, {"alpha", DType::kBF16, {5}}, {"middle", DType::kI64, {1, 1}}},
+      path, {{"zeta", DType::kF32, {3}}, {"alpha", DType::kBF16, {6}}, {"middle", DType::kI64, {1, 1}}},
       {{"source", "test"}});
   ASSERT_TRUE(writer.ok()) << writer.status();
   ASSERT_TRUE((*writer)->Write("zeta", zeta).ok());
@@ -241,10 +241,10 @@ TEST_F(SafetensorsTest, WriterKeepsDeclaredOrderAndPadsTheHeader) {
   EXPECT_EQ((*file)->Info("zeta")->begin, 0u);
   EXPECT_EQ((*file)->Info("zeta")->end, 12u);
   EXPECT_EQ((*file)->Info("alpha")->begin, 12u);
-  EXPECT_EQ((*file)->Info("alpha")->end, 22u);
-  EXPECT_EQ((*file)->Info("middle")->begin, 22u);
-  EXPECT_EQ((*file)->Info("middle")->end, 30u);
-  EXPECT_EQ(bytes.size(), 8 + header_length + 30);
+  EXPECT_EQ((*file)->Info("alpha")->end, 24u);
+  EXPECT_EQ((*file)->Info("middle")->begin, 24u);
+  EXPECT_EQ((*file)->Info("middle")->end, 32u);
+  EXPECT_EQ(bytes.size(), 8 + header_length + 32);
   EXPECT_EQ(TensorBytes(*(*file)->Get("middle")), TensorBytes(middle));
 }
 
@@ -295,6 +295,13 @@ TEST_F(SafetensorsTest, WriterRejectsBadDeclarations) {
   EXPECT_FALSE(SafetensorsWriter::Create(path, {{"huge", DType::kF32, {int64_t{1} << 40, int64_t{1} << 40}}}).ok());
   EXPECT_FALSE(SafetensorsWriter::Create(path, {{std::string("bad\xff utf8"), DType::kF32, {1}}}).ok());
   EXPECT_FALSE(WriteSafetensors(path, {{"a", Tensor()}}).ok());
+  // A layout the reader would refuse: the I64 tensor would start at data byte 6.
+  absl::StatusOr<std::unique_ptr<SafetensorsWriter>> misaligned =
+      SafetensorsWriter::Create(path, {{"odd", DType::kBF16, {3}}, {"wide", DType::kI64, {1}}});
+  ASSERT_FALSE(misaligned.ok());
+  EXPECT_MESSAGE_CONTAINS(misaligned.status(), path);
+  EXPECT_MESSAGE_CONTAINS(misaligned.status(), "\"wide\"");
+  EXPECT_MESSAGE_CONTAINS(misaligned.status(), "byte 6");
   EXPECT_TRUE(DirectoryEntries(directory_).empty()) << "failed writers must leave nothing behind";
 
   const std::string missing_directory = PathOf("no/such/directory/x.safetensors");
@@ -384,6 +391,57 @@ TEST_F(SafetensorsTest, AcceptsTrailingPaddingAndEmptyHeaderObject) {
   std::memcpy(values, tensor->raw_data(), sizeof(values));
   EXPECT_EQ(values[0], 3);
   EXPECT_EQ(values[1], 5);
+  // The view is copied to an aligned buffer instead of pointing at a misaligned address.
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(tensor->raw_data()) % alignof(int32_t), 0u);
+  EXPECT_EQ(tensor->data<int32_t>()[1], 5);
+}
+
+TEST_F(SafetensorsTest, MisalignedTensorsAreRejectedNamingTheFileAndTheTensor) {
+  // Header padded to 8 bytes, as every writer does, so only data_offsets decide the alignment.
+  auto padded = [](std::string header) { return header + std::string((8 - header.size() % 8) % 8, ' '); };
+  const std::string data(64, '\0');
+  struct Case {
+    std::string header;
+    std::string tensor;
+  };
+  const std::vector<Case> cases = {
+      {R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [2, 10]}})", "\"w\""},
+      {R"({"w": {"dtype": "I64", "shape": [1], "data_offsets": [4, 12]}})", "\"w\""},
+      {R"({"w": {"dtype": "BF16", "shape": [1], "data_offsets": [1, 3]}})", "\"w\""},
+      {R"({"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [6, 10]}})",
+       "\"b\""},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(cases[i].header);
+    const std::string path = WriteFile("misaligned" + std::to_string(i) + ".safetensors",
+                                       MakeFileBytes(padded(cases[i].header), data));
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(path);
+    ASSERT_FALSE(file.ok());
+    EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_MESSAGE_CONTAINS(file.status(), path);
+    EXPECT_MESSAGE_CONTAINS(file.status(), cases[i].tensor);
+    EXPECT_MESSAGE_CONTAINS(file.status(), "misaligned");
+  }
+  // Aligned offsets after a narrower tensor, and an empty tensor anywhere (nothing is read through it), are fine.
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> aligned = SafetensorsFile::Open(WriteFile(
+      "aligned.safetensors",
+      MakeFileBytes(padded(R"({"a": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}, )"
+                           R"("b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}, )"
+                           R"("e": {"dtype": "I64", "shape": [0], "data_offsets": [3, 3]}})"),
+                    data.substr(0, 8))));
+  EXPECT_TRUE(aligned.ok()) << aligned.status();
+}
+
+TEST_F(SafetensorsTest, WriterPutsWiderDtypesFirstSoEveryTensorIsAligned) {
+  // In name order the I64 would start at byte 6; the writer orders by element size instead.
+  const std::string path = PathOf("mixed.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"a", Patterned({3}, DType::kBF16, 1)}, {"b", Patterned({1}, DType::kI64, 2)}})
+                  .ok());
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ((*file)->Info("b")->begin, 0u);
+  EXPECT_EQ((*file)->Info("a")->begin, 8u);
+  EXPECT_EQ(TensorBytes(*(*file)->Get("b")), TensorBytes(Patterned({1}, DType::kI64, 2)));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -554,6 +612,49 @@ TEST_F(ShardedTest, IndexErrorsNameTheIndexTheShardAndTheKey) {
   EXPECT_MESSAGE_CONTAINS(corrupt.status(), PathOf("corrupt.safetensors"));
 }
 
+TEST_F(ShardedTest, ShardPathsMustStayInsideTheModelFolder) {
+  // The model folder is a subfolder; a valid shard lies beside it, outside.
+  const std::string model = PathOf("model");
+  fs::create_directory(model);
+  const std::string outside = PathOf("outside.safetensors");
+  ASSERT_TRUE(WriteSafetensors(outside, {{"w", second_}}).ok());
+  ASSERT_TRUE(WriteSafetensors(PathOf("model/inside.safetensors"), {{"w", second_}}).ok());
+  fs::create_symlink(outside, PathOf("model/link_out.safetensors"));
+  fs::create_symlink(PathOf("model/inside.safetensors"), PathOf("model/link_in.safetensors"));
+  fs::create_directory(PathOf("model/sub"));
+  struct Case {
+    std::string shard;
+    std::string fragment;
+  };
+  const std::vector<Case> refused = {
+      {outside, "absolute"},
+      {"../outside.safetensors", "leaves the model folder"},
+      {"sub/../../outside.safetensors", "leaves the model folder"},
+      {"link_out.safetensors", "outside the model folder"},
+      {"sub/../link_out.safetensors", "outside the model folder"},
+  };
+  for (size_t i = 0; i < refused.size(); ++i) {
+    SCOPED_TRACE(refused[i].shard);
+    const std::string index_path = WriteIndex("model/case" + std::to_string(i) + ".safetensors.index.json",
+                                              R"({"w": ")" + refused[i].shard + R"("})");
+    absl::StatusOr<std::unique_ptr<WeightSource>> source = WeightSource::Open(index_path);
+    ASSERT_FALSE(source.ok());
+    EXPECT_EQ(source.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_MESSAGE_CONTAINS(source.status(), index_path);
+    EXPECT_MESSAGE_CONTAINS(source.status(), "\"w\"");
+    EXPECT_MESSAGE_CONTAINS(source.status(), refused[i].fragment);
+  }
+  // Paths that stay inside, through ".." or a link, still open.
+  for (const std::string& shard : {"sub/../inside.safetensors", "./inside.safetensors", "link_in.safetensors"}) {
+    SCOPED_TRACE(shard);
+    const std::string index_path =
+        WriteIndex("model/ok.safetensors.index.json", R"({"w": ")" + shard + R"("})");
+    absl::StatusOr<std::unique_ptr<WeightSource>> source = WeightSource::Open(index_path);
+    ASSERT_TRUE(source.ok()) << source.status();
+    EXPECT_EQ(TensorBytes(*(*source)->Get("w")), TensorBytes(second_));
+  }
+}
+
 TEST_F(ShardedTest, KeyInTwoShardsIsAnError) {
   ASSERT_TRUE(WriteSafetensors(PathOf("a.safetensors"), {{"shared", first_}, {"only_a", second_}}).ok());
   ASSERT_TRUE(WriteSafetensors(PathOf("b.safetensors"), {{"shared", first_}, {"only_b", second_}}).ok());
@@ -638,7 +739,7 @@ TEST_F(CorruptionTest, CorruptFilesAreRejectedWithoutCrashing) {
   ASSERT_EQ(valid.size(), data_start + 24 + 8 + 4 + 0 + 16);
   ASSERT_TRUE(OpenVariant(valid).status.ok());
 
-  // 1. Truncation at every length: the last tensor ("gamma") ends at the end of the file, so every
+  // 1. Truncation at every length: the last non-empty tensor ("beta") ends at the end of the file, so every
   //    shorter file misses header or tensor bytes.
   for (size_t length = 0; length < valid.size(); ++length) {
     ExpectRejected(valid.substr(0, length), "truncated to " + std::to_string(length));
@@ -669,8 +770,8 @@ TEST_F(CorruptionTest, CorruptFilesAreRejectedWithoutCrashing) {
     absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(path);
     ASSERT_TRUE(file.ok()) << file.status();
     std::string data_section;
-    for (const char* key : {"alpha", "beta", "delta", "empty", "gamma"}) {
-      data_section += TensorBytes(*(*file)->Get(key));  // offsets follow name order
+    for (const char* key : {"gamma", "alpha", "delta", "beta", "empty"}) {
+      data_section += TensorBytes(*(*file)->Get(key));  // offsets follow element size, then name
     }
     EXPECT_EQ(data_section, bytes.substr(data_start));
     ++variant_count_;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <limits>
@@ -122,6 +123,12 @@ std::optional<uint64_t> ByteCount(const Shape& shape, DType dtype) {
   uint64_t bytes = 0;
   if (__builtin_mul_overflow(nonzero_product, static_cast<uint64_t>(DTypeSize(dtype)), &bytes)) return std::nullopt;
   return has_zero ? 0 : bytes;
+}
+
+// Tensors are handed out as typed pointers into the mapping, so each must start on a multiple of its element
+// size. An empty tensor is exempt: nothing is ever read through its pointer.
+bool IsMisaligned(uint64_t begin, uint64_t byte_count, DType dtype) {
+  return byte_count > 0 && begin % DTypeSize(dtype) != 0;
 }
 
 struct MappedFile {
@@ -304,6 +311,10 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& path, const std::
     return invalid("data_offsets [", *begin, ", ", *end, "] run past the end of the data section (",
                    data_section_bytes, " bytes; file truncated?)");
   }
+  if (IsMisaligned(*begin, *byte_count, info.dtype)) {
+    return invalid("data_offsets [", *begin, ", ", *end, "] start at a byte that is not a multiple of the ",
+                   DTypeSize(info.dtype), "-byte ", Name(info.dtype), " element size (misaligned data)");
+  }
   info.begin = static_cast<size_t>(*begin);
   info.end = static_cast<size_t>(*end);
   return info;
@@ -482,15 +493,60 @@ absl::StatusOr<TensorInfo> SafetensorsFile::Info(const std::string& key) const {
 absl::StatusOr<Tensor> SafetensorsFile::Get(const std::string& key) const {
   absl::StatusOr<TensorInfo> info = Info(key);
   if (!info.ok()) return info.status();
+  const char* data = data_section_ + info->begin;
+  // Offsets are checked to be element-aligned within the data section, but a header whose length is not a
+  // multiple of 8 (legal, unlike the reference writer's output) shifts the whole section: such a tensor is
+  // copied into an aligned buffer rather than viewed through a misaligned typed pointer.
+  if (reinterpret_cast<uintptr_t>(data) % DTypeSize(info->dtype) != 0) {
+    Tensor copy = Tensor::Host(info->shape, info->dtype);
+    std::memcpy(copy.raw_data(), data, info->end - info->begin);
+    return copy;
+  }
   // The mapping is read-only: a consumer writing through this view faults, which is the point — weights
   // are shared by every tensor taken from the file.
-  return Tensor::WrapHost(const_cast<char*>(data_section_ + info->begin), info->shape, info->dtype, mapping_);
+  return Tensor::WrapHost(const_cast<char*>(data), info->shape, info->dtype, mapping_);
 }
 
 // ---------------------------------------------------------------------------------------------------
 // WeightSource
 
 namespace {
+
+// A shard name from an index is a path relative to the model folder. An index that names an absolute path or
+// climbs out with ".." would make the worker map any file it can read as weights (and show its bytes in
+// errors), so both are refused before anything is opened.
+absl::Status CheckShardName(const std::string& index_path, const std::string& key, const std::string& shard) {
+  const std::filesystem::path shard_path(shard);
+  const std::string prefix = absl::StrCat(index_path, ": \"weight_map\" entry ", Quote(key), ": shard ", Quote(shard));
+  if (shard_path.is_absolute() || shard_path.has_root_name() || shard_path.has_root_directory()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(prefix, " is an absolute path; shards must lie in the model folder"));
+  }
+  const std::filesystem::path normal = shard_path.lexically_normal();
+  if (normal.empty() || *normal.begin() == "..") {
+    return absl::InvalidArgumentError(absl::StrCat(prefix, " leaves the model folder"));
+  }
+  return absl::OkStatus();
+}
+
+// The same rule after symbolic links: a link inside the folder may not lead out of it. A shard that does not
+// exist passes here and fails when opened, with the usual not-found message.
+absl::Status CheckShardStaysInside(const std::string& index_path, const std::string& key, const std::string& shard,
+                                   const std::string& directory) {
+  std::error_code error;
+  std::filesystem::path root = std::filesystem::weakly_canonical(directory, error);
+  if (error) return absl::OkStatus();  // the open that follows reports the folder's problem
+  if (root.filename().empty()) root = root.parent_path();  // "dir/" ends in an empty component
+  const std::filesystem::path target = std::filesystem::weakly_canonical(root / shard, error);
+  if (error) return absl::OkStatus();
+  const auto [root_end, target_end] = std::mismatch(root.begin(), root.end(), target.begin(), target.end());
+  if (root_end != root.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(index_path, ": \"weight_map\" entry ", Quote(key), ": shard ",
+                                                   Quote(shard), " resolves to ", target.string(),
+                                                   ", outside the model folder ", root.string()));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status OpenIndex(const std::string& index_path, const std::string& directory,
                        std::vector<std::unique_ptr<SafetensorsFile>>* files) {
@@ -519,16 +575,24 @@ absl::Status OpenIndex(const std::string& index_path, const std::string& directo
 
   std::map<std::string, std::string> shard_of_key;
   std::map<std::string, size_t> file_of_shard;
+  std::map<std::string, std::string> first_key_of_shard;  // names the entry when a shard's path is refused
   for (const auto& [key, shard] : weight_map->items()) {
     if (!shard.is_string() || shard.get_ref<const std::string&>().empty()) {
       return absl::InvalidArgumentError(absl::StrCat(index_path, ": \"weight_map\" entry ", Quote(key), " is ",
                                                      Describe(shard), ", not a shard file name"));
     }
-    shard_of_key[key] = shard.get<std::string>();
-    file_of_shard.emplace(shard.get<std::string>(), 0);
+    const std::string& name = shard.get_ref<const std::string&>();
+    if (absl::Status inside = CheckShardName(index_path, key, name); !inside.ok()) return inside;
+    shard_of_key[key] = name;
+    file_of_shard.emplace(name, 0);
+    first_key_of_shard.emplace(name, key);
   }
   for (auto& [shard, file_index] : file_of_shard) {
     const std::string shard_path = (std::filesystem::path(directory) / shard).string();
+    if (absl::Status inside = CheckShardStaysInside(index_path, first_key_of_shard.at(shard), shard, directory);
+        !inside.ok()) {
+      return inside;
+    }
     absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(shard_path);
     if (!file.ok()) {
       return WithContext(file.status(), absl::StrCat(index_path, ": shard ", Quote(shard), ": "));
@@ -655,6 +719,13 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
       return absl::InvalidArgumentError(
           absl::StrCat(prefix, "shape ", ShapeToString(entry.shape), " is negative or too large"));
     }
+    // The reader refuses misaligned tensors, so the writer never makes one (the reference writer avoids them
+    // by writing wider dtypes first; WriteSafetensors does the same).
+    if (IsMisaligned(offset, *byte_count, entry.dtype)) {
+      return absl::InvalidArgumentError(absl::StrCat(prefix, "would start at data byte ", offset,
+                                                     ", not a multiple of its ", DTypeSize(entry.dtype), "-byte ",
+                                                     Name(entry.dtype), " elements; declare wider dtypes first"));
+    }
     header[entry.name] = OrderedJson{{"dtype", Name(entry.dtype)},
                                      {"shape", entry.shape},
                                      {"data_offsets", {offset, end}}};
@@ -764,7 +835,13 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<std::pa
     }
     ordered.push_back(&named_tensor);
   }
-  std::sort(ordered.begin(), ordered.end(), [](const auto* left, const auto* right) { return left->first < right->first; });
+  // Wider dtypes first, then by name (the reference writer's order): every tensor then starts aligned to its
+  // element size without padding, which readers, ours included, require.
+  std::sort(ordered.begin(), ordered.end(), [](const auto* left, const auto* right) {
+    const size_t left_size = DTypeSize(left->second.dtype());
+    const size_t right_size = DTypeSize(right->second.dtype());
+    return left_size != right_size ? left_size > right_size : left->first < right->first;
+  });
   std::vector<SafetensorsWriter::Entry> entries;
   entries.reserve(ordered.size());
   for (const auto* named_tensor : ordered) {

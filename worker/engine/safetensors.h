@@ -6,7 +6,8 @@
 //
 // Every error names the file and, where one is involved, the key. A corrupt file (truncated, bad JSON,
 // header length past the end, offsets out of range, overlapping or not matching shape × dtype, unknown
-// dtype) is rejected with a Status, never a crash.
+// dtype, data not aligned to its element size) is rejected with a Status, never a crash. Shards named by an
+// index must lie inside the index's folder: absolute paths, ".." and symbolic links leading out are refused.
 #pragma once
 
 #include <map>
@@ -80,7 +81,8 @@ class WeightSource {
 
 // Streams a file whose tensor list is known in advance, one tensor at a time, so multi-gigabyte
 // checkpoints never need to be in memory at once. Tensors are written in the order declared.
-// The file appears at `path` only after Finish() succeeds (temporary file + rename).
+// The file appears at `path` only after Finish() succeeds (temporary file + rename). A declaration that
+// would put a tensor at an offset not aligned to its element size is refused (declare wider dtypes first).
 class SafetensorsWriter {
  public:
   struct Entry {
@@ -101,7 +103,8 @@ class SafetensorsWriter {
   std::unique_ptr<State> state_;
 };
 
-// Writes host tensors (any of F32, BF16, F16, I64, I32) in name order, with optional string metadata.
+// Writes host tensors (any of F32, BF16, F16, I64, I32), wider dtypes first and then in name order so that
+// every tensor is aligned to its element size, with optional string metadata.
 // Writes to a temporary file beside `path` and renames it, so a crash never leaves a half file.
 absl::Status WriteSafetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                               const std::map<std::string, std::string>& metadata = {});
