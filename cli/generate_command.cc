@@ -12,8 +12,8 @@
 #include "absl/strings/str_format.h"
 #include "cli/service_flags.h"
 #include "common/progress_bar.h"
-#include "kernels/backend_factory.h"
 #include "parallel/sparsity_plan.h"
+#include "worker/engine/pipeline_devices.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/text_to_video.h"
 #include "worker/engine/video_writer.h"
@@ -36,6 +36,13 @@ ABSL_FLAG(std::string, attention, "",
           "self-attention sparsity plan: a preset (dense, radial, attention-tile, sliding-tile) or a plan YAML file "
           "(empty: dense for generate and serve, the worker's default for submit)");
 ABSL_FLAG(int64_t, vae_chunk_frames, 1, "latent frames per VAE decode chunk (bounds memory; 0 = all at once)");
+ABSL_FLAG(int32_t, sp, 1,
+          "sequence-parallel (Ulysses) degree: ranks that split the tokens (CPU: threads; CUDA: GPUs of --gpus, or "
+          "ranks on one GPU with --loopback)");
+ABSL_FLAG(bool, cfg_parallel, false,
+          "run the conditional and unconditional passes on two groups of --sp ranks at once (2 x sp ranks in all)");
+ABSL_FLAG(std::string, gpus, "", "CUDA: the GPUs of the group, one rank each, e.g. 0,1,2,3 (default: --device's)");
+ABSL_FLAG(bool, loopback, false, "CUDA: run every rank on the first GPU (tests and measures the parallel paths)");
 
 namespace zoetrope {
 namespace {
@@ -85,20 +92,31 @@ absl::Status Generate() {
   absl::StatusOr<VideoFormat> format = latent_only ? VideoFormat::kRaw : OutputFormat(output);
   if (!format.ok()) return format.status();
 
-  absl::StatusOr<std::unique_ptr<Backend>> backend =
-      CreateBackend(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_threads));
-  if (!backend.ok()) return absl::InvalidArgumentError(absl::StrCat("--device: ", backend.status().message()));
+  DeviceRequest request;
+  request.device = absl::GetFlag(FLAGS_device);
+  request.cpu_threads = absl::GetFlag(FLAGS_threads);
+  request.sequence_parallel = absl::GetFlag(FLAGS_sp);
+  request.cfg_parallel = absl::GetFlag(FLAGS_cfg_parallel);
+  request.loopback = absl::GetFlag(FLAGS_loopback);
+  absl::StatusOr<std::vector<int>> gpus = ParseGpuList(absl::GetFlag(FLAGS_gpus));
+  if (!gpus.ok()) return gpus.status();
+  request.gpus = *gpus;
+  absl::StatusOr<PipelineDevices> devices = CreatePipelineDevices(request);
+  if (!devices.ok()) {
+    return absl::Status(devices.status().code(), absl::StrCat("--device/--sp: ", devices.status().message()));
+  }
 
   const auto load_start = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> pipeline =
-      TextToVideoPipeline::Load(absl::GetFlag(FLAGS_model), **backend);
+      TextToVideoPipeline::LoadGroup(absl::GetFlag(FLAGS_model), devices->group());
   if (!pipeline.ok()) return pipeline.status();
+  Backend* backend = devices->backends.front().get();
   const WanDitConfig& config = (*pipeline)->transformer().config();
-  std::fprintf(stderr, "loaded %s (%s layout; DiT %s: %lld blocks, dim %lld) in %.2f s on %s\n",
+  std::fprintf(stderr, "loaded %s (%s layout; DiT %s: %lld blocks, dim %lld) in %.2f s on %s (%s)\n",
                absl::GetFlag(FLAGS_model).c_str(), (*pipeline)->files().diffusers_layout ? "diffusers" : "original",
                config.name.c_str(), static_cast<long long>(config.num_layers), static_cast<long long>(config.dim),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
-               (*backend)->name().c_str());
+               backend->name().c_str(), devices->degrees.ToString().c_str());
 
   std::unique_ptr<ProgressBar> bar;
   absl::StatusOr<GenerationResult> result = (*pipeline)->Generate(parameters, [&](const GenerationProgress& progress) {

@@ -2,9 +2,12 @@
 
 #include <chrono>
 #include <limits>
+#include <optional>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "parallel/planned_attention.h"
+#include "parallel/ulysses_attention.h"
 
 namespace zoetrope {
 namespace {
@@ -98,6 +101,109 @@ absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> TextToVideoPipeline::Load(c
   return pipeline;
 }
 
+absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> TextToVideoPipeline::LoadGroup(const std::string& model_folder,
+                                                                                    PipelineGroup group) {
+  if (absl::Status valid = ValidateParallelDegrees(group.degrees); !valid.ok()) return valid;
+  const int ranks = group.degrees.ranks();
+  if (static_cast<int>(group.backends.size()) != ranks) {
+    return absl::InvalidArgumentError(absl::StrCat("parallel degrees ", group.degrees.ToString(), " need ", ranks,
+                                                   " devices, got ", group.backends.size()));
+  }
+  absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> pipeline = Load(model_folder, *group.backends[0]);
+  if (!pipeline.ok() || ranks == 1) return pipeline;
+  TextToVideoPipeline& loaded = **pipeline;
+  loaded.degrees_ = group.degrees;
+  const WanDit& first = *loaded.transformer_;
+  for (int rank = 1; rank < ranks; ++rank) {
+    Rank other;
+    other.backend = group.backends[rank];
+    if (other.backend->device() == group.backends[0]->device()) {
+      // Weights are read-only: ranks on one device (CPU threads, loopback ranks) share rank 0's.
+      other.transformer = std::make_unique<WanDit>(first.config(), first.weights(), *other.backend);
+    } else {
+      absl::StatusOr<std::unique_ptr<WanDit>> transformer = WanDit::Load(loaded.files_.transformer, *other.backend);
+      if (!transformer.ok()) return transformer.status();
+      other.transformer = *std::move(transformer);
+    }
+    loaded.other_ranks_.push_back(std::move(other));
+  }
+  absl::StatusOr<std::vector<MeshCommunicators>> mesh = BuildMeshCommunicators(group.degrees, group.communicators);
+  if (!mesh.ok()) return mesh.status();
+  loaded.mesh_ = *std::move(mesh);
+  return pipeline;
+}
+
+absl::StatusOr<Tensor> TextToVideoPipeline::DenoiseOnGroup(
+    const GenerationParameters& parameters, const SparsityPlan& plan, const Tensor& positive_text,
+    const Tensor* negative_text, const DenoiseOptions& options,
+    const std::function<void(const DenoiseProgress&)>& progress, const std::atomic<bool>* cancelled,
+    double* attention_density) {
+  const int ranks = degrees_.ranks();
+  // The contexts go to every rank through the host (EncodePrompt uploads them to its own device).
+  const Tensor positive_host = backend_.ToHost(positive_text);
+  const std::optional<Tensor> negative_host =
+      negative_text != nullptr ? std::optional<Tensor>(backend_.ToHost(*negative_text)) : std::nullopt;
+  StopAgreement stop;
+  std::vector<absl::StatusOr<Tensor>> latents(ranks, absl::UnknownError("rank did not run"));
+  std::vector<double> densities(ranks, 1.0);
+  auto run_rank = [&](int rank) {
+    WanDit& transformer = rank == 0 ? *transformer_ : *other_ranks_[rank - 1].transformer;
+    MeshCommunicators& communicators = mesh_[rank];
+    absl::StatusOr<WanDit::PromptConditioning> positive = transformer.EncodePrompt(positive_host);
+    if (!positive.ok()) {
+      latents[rank] = positive.status();
+      return;
+    }
+    absl::StatusOr<WanDit::PromptConditioning> negative;
+    if (negative_host.has_value()) {
+      negative = transformer.EncodePrompt(*negative_host);
+      if (!negative.ok()) {
+        latents[rank] = negative.status();
+        return;
+      }
+    }
+    std::unique_ptr<SequenceAttention> attention;
+    UlyssesAttention* ulysses = nullptr;
+    if (communicators.sequence != nullptr) {
+      auto made = std::make_unique<UlyssesAttention>(*communicators.sequence, plan, parameters.steps);
+      ulysses = made.get();
+      attention = std::move(made);
+    } else {
+      attention = std::make_unique<PlannedAttention>(plan, parameters.steps);
+    }
+    DenoiseGroup group;
+    group.sequence = communicators.sequence.get();
+    group.cfg = communicators.cfg.get();
+    group.stop = &stop;
+    group.rank = rank;
+    latents[rank] = Denoise(transformer, *attention, *positive, negative_host.has_value() ? &*negative : nullptr,
+                            options, rank == 0 ? progress : nullptr, cancelled, group);
+    if (!latents[rank].ok()) return;
+    densities[rank] = attention->mean_block_density();
+    if (ulysses != nullptr) {
+      absl::StatusOr<double> density = ulysses->GroupMeanBlockDensity(transformer.backend());
+      if (!density.ok()) {
+        latents[rank] = density.status();
+        return;
+      }
+      densities[rank] = *density;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int rank = 1; rank < ranks; ++rank) threads.emplace_back(run_rank, rank);
+  run_rank(0);
+  for (std::thread& thread : threads) thread.join();
+  for (int rank = 0; rank < ranks; ++rank) {
+    if (!latents[rank].ok()) {
+      if (rank == 0) return latents[0].status();
+      const absl::Status& failed = latents[rank].status();
+      return absl::Status(failed.code(), absl::StrCat("rank ", rank, ": ", failed.message()));
+    }
+  }
+  *attention_density = densities[0];
+  return *std::move(latents[0]);
+}
+
 absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
     const GenerationParameters& parameters, const std::function<void(const GenerationProgress&)>& progress,
     const std::atomic<bool>* cancelled, SequenceAttention* attention_override) {
@@ -111,7 +217,10 @@ absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
       !fits.ok()) {
     return fits;
   }
-  PlannedAttention planned(*std::move(plan), parameters.steps);
+  if (attention_override != nullptr && degrees_.ranks() > 1) {
+    return absl::InvalidArgumentError("an attention override needs a one-device pipeline");
+  }
+  PlannedAttention planned(*plan, parameters.steps);
   SequenceAttention& attention = attention_override != nullptr ? *attention_override : planned;
   GenerationResult result;
   auto report = [&](GenerationPhase phase) {
@@ -123,17 +232,24 @@ absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
 
   report(GenerationPhase::kEncodingText);
   auto start = std::chrono::steady_clock::now();
+  const bool parallel = degrees_.ranks() > 1;
   absl::StatusOr<Tensor> positive_text = prompt_encoder_->Encode(parameters.prompt);
   if (!positive_text.ok()) return positive_text.status();
-  absl::StatusOr<WanDit::PromptConditioning> positive = transformer_->EncodePrompt(*positive_text);
-  if (!positive.ok()) return positive.status();
+  absl::StatusOr<WanDit::PromptConditioning> positive;
+  if (!parallel) {
+    positive = transformer_->EncodePrompt(*positive_text);
+    if (!positive.ok()) return positive.status();
+  }
   const bool guided = parameters.guidance != 1.0;
+  absl::StatusOr<Tensor> negative_text;
   absl::StatusOr<WanDit::PromptConditioning> negative;
   if (guided) {
-    absl::StatusOr<Tensor> negative_text = prompt_encoder_->EncodeNegative(parameters.negative_prompt);
+    negative_text = prompt_encoder_->EncodeNegative(parameters.negative_prompt);
     if (!negative_text.ok()) return negative_text.status();
-    negative = transformer_->EncodePrompt(*negative_text);
-    if (!negative.ok()) return negative.status();
+    if (!parallel) {
+      negative = transformer_->EncodePrompt(*negative_text);
+      if (!negative.ok()) return negative.status();
+    }
   }
   backend_.Synchronize();
   result.text_seconds = SecondsSince(start);
@@ -148,20 +264,25 @@ absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
   options.guidance = parameters.guidance;
   options.sampler = parameters.sampler;
   options.seed = parameters.seed;
-  absl::StatusOr<Tensor> latent = Denoise(
-      *transformer_, attention, *positive, guided ? &*negative : nullptr, options,
-      [&](const DenoiseProgress& step) {
-        if (!progress) return;
-        GenerationProgress update;
-        update.phase = GenerationPhase::kDenoising;
-        update.denoise = step;
-        progress(update);
-      },
-      cancelled);
+  auto step_progress = [&](const DenoiseProgress& step) {
+    if (!progress) return;
+    GenerationProgress update;
+    update.phase = GenerationPhase::kDenoising;
+    update.denoise = step;
+    progress(update);
+  };
+  absl::StatusOr<Tensor> latent;
+  if (parallel) {
+    latent = DenoiseOnGroup(parameters, *plan, *positive_text, guided ? &*negative_text : nullptr, options,
+                            step_progress, cancelled, &result.attention_density);
+  } else {
+    latent = Denoise(*transformer_, attention, *positive, guided ? &*negative : nullptr, options, step_progress,
+                     cancelled);
+    if (latent.ok()) result.attention_density = attention.mean_block_density();
+  }
   if (!latent.ok()) return latent.status();
   result.latent = backend_.ToHost(*latent);
   result.denoise_seconds = SecondsSince(start);
-  result.attention_density = attention.mean_block_density();
   if (!parameters.decode) return result;
 
   if (cancelled != nullptr && cancelled->load()) return absl::CancelledError("cancelled before decoding");

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "parallel/parallel_mesh.h"
 #include "parallel/sequence_attention.h"
 #include "parallel/sparsity_plan.h"
 #include "worker/engine/denoise.h"
@@ -62,6 +63,14 @@ struct GenerationResult {
   double attention_density = 1.0;
 };
 
+// The devices of a parallel pipeline (docs/parallel.md): one rank per backend. Rank 0's backend also holds
+// the text encoder and the VAE; every rank holds the DiT (ranks on one device share its weights).
+struct PipelineGroup {
+  std::vector<Backend*> backends;  // degrees.ranks() backends, rank order; each outlives the pipeline
+  ParallelDegrees degrees;
+  CommunicatorFactory communicators;  // makes the mesh's subgroups (parallel/parallel_mesh.h)
+};
+
 // Every rule a request must satisfy, with the field named (width and height multiples of 16 within
 // the model's limits, frames 4n+1, steps ≥ 1, guidance ≥ 0, shift > 0, an attention plan that parses and
 // fits the step count; the plan's block and head ranges are checked against the model by Generate).
@@ -72,6 +81,11 @@ class TextToVideoPipeline {
   // Loads the four parts from a model folder (see model_folder.h) onto `backend`, which must outlive
   // the pipeline, and checks that they fit together (text width, latent channels, prompt length).
   static absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> Load(const std::string& model_folder, Backend& backend);
+  // The same on a parallel group: the denoising loop runs on every rank, one thread each (the calling
+  // thread drives rank 0), sequence-parallel and/or CFG-parallel as `group.degrees` says.
+  static absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> LoadGroup(const std::string& model_folder,
+                                                                        PipelineGroup group);
+  const ParallelDegrees& degrees() const { return degrees_; }
 
   const ModelFiles& files() const { return files_; }
   const WanDit& transformer() const { return *transformer_; }
@@ -81,7 +95,7 @@ class TextToVideoPipeline {
   // Runs one generation. `progress` (may be null) is called at phase changes and after every
   // denoising step; `cancelled` (may be null) stops at the next step with CANCELLED. `attention` (may be
   // null) replaces the self-attention that parameters.attention describes (tools that observe or compare
-  // attention pass their own; the plan in `parameters` is still validated).
+  // attention pass their own; the plan in `parameters` is still validated; one device only).
   absl::StatusOr<GenerationResult> Generate(const GenerationParameters& parameters,
                                             const std::function<void(const GenerationProgress&)>& progress = nullptr,
                                             const std::atomic<bool>* cancelled = nullptr,
@@ -89,8 +103,23 @@ class TextToVideoPipeline {
 
  private:
   TextToVideoPipeline(Backend& backend) : backend_(backend) {}
+  // The denoising loop on every rank of the group, from prompt contexts encoded on rank 0.
+  absl::StatusOr<Tensor> DenoiseOnGroup(const GenerationParameters& parameters, const SparsityPlan& plan,
+                                        const Tensor& positive_text, const Tensor* negative_text,
+                                        const DenoiseOptions& options,
+                                        const std::function<void(const DenoiseProgress&)>& progress,
+                                        const std::atomic<bool>* cancelled, double* attention_density);
+
+  // Ranks 1… of a group (rank 0 is backend_ and transformer_).
+  struct Rank {
+    Backend* backend = nullptr;
+    std::unique_ptr<WanDit> transformer;
+  };
 
   Backend& backend_;
+  ParallelDegrees degrees_;
+  std::vector<Rank> other_ranks_;
+  std::vector<MeshCommunicators> mesh_;  // every rank's communicators (empty for one device)
   ModelFiles files_;
   std::unique_ptr<TextTokenizer> tokenizer_;
   std::unique_ptr<Umt5Encoder> text_encoder_;

@@ -1,6 +1,7 @@
 #include "worker/engine/wan_dit.h"
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -217,11 +218,59 @@ Tensor WanDit::ForwardShard(const Tensor& latent, const TimestepConditioning& ti
   const TokenGrid grid = GridOf(latent.shape());
   ZCHECK_MSG(shard_begin >= 0 && shard_count >= 0 && shard_begin + shard_count <= grid.tokens(),
              "shard [" << shard_begin << ", +" << shard_count << ") of " << grid.tokens() << " tokens");
-  ZCHECK(static_cast<int64_t>(prompt.cross_keys.size()) == config_.num_layers);
   const Tensor patches =
       backend_.Patchify(latent, config_.patch_t, config_.patch_h, config_.patch_w).Rows(shard_begin, shard_count);
   const Tensor embedded = backend_.Linear(backend_.Cast(patches, backend_.compute_dtype()), weights_.patch_weight,
                                           &weights_.patch_bias, Activation::kNone);
+  return ForwardEmbedded(embedded, grid, timestep, prompt, shard_begin, attention, step);
+}
+
+Tensor WanDit::ForwardTokens(const Tensor& tokens, const TokenGrid& grid, int64_t shard_begin,
+                             const TimestepConditioning& timestep, const PromptConditioning& prompt,
+                             SequenceAttention& attention, int step) {
+  const int64_t shard_count = tokens.dim(0);
+  ZCHECK_MSG(shard_begin >= 0 && shard_count >= 0 && shard_begin + shard_count <= grid.tokens(),
+             "shard [" << shard_begin << ", +" << shard_count << ") of " << grid.tokens() << " tokens");
+  ZCHECK(tokens.rank() == 2 && tokens.dim(1) == weights_.patch_weight.dim(1));
+  const Tensor embedded = backend_.Linear(backend_.Cast(tokens, backend_.compute_dtype()), HeadOrderPatchWeight(),
+                                          &weights_.patch_bias, Activation::kNone);
+  return ForwardEmbedded(embedded, grid, timestep, prompt, shard_begin, attention, step);
+}
+
+const Tensor& WanDit::HeadOrderPatchWeight() {
+  if (head_order_patch_weight_.defined()) return head_order_patch_weight_;
+  ZCHECK_MSG(config_.in_dim == config_.out_dim, "head-order tokens need in_dim == out_dim");
+  const Tensor host = backend_.ToHost(weights_.patch_weight);  // [D, C·pt·ph·pw], column ((c·pt + t)·ph + y)·pw + x
+  const int64_t rows = host.dim(0), channels = config_.in_dim;
+  const int64_t pt = config_.patch_t, ph = config_.patch_h, pw = config_.patch_w;
+  const int64_t columns = channels * pt * ph * pw;
+  ZCHECK(host.dim(1) == columns);
+  const size_t element = DTypeSize(host.dtype());
+  Tensor permuted = Tensor::Host(host.shape(), host.dtype());
+  const char* from = static_cast<const char*>(host.raw_data());
+  char* to = static_cast<char*>(permuted.raw_data());
+  for (int64_t row = 0; row < rows; ++row) {
+    for (int64_t c = 0; c < channels; ++c) {
+      for (int64_t t = 0; t < pt; ++t) {
+        for (int64_t y = 0; y < ph; ++y) {
+          for (int64_t x = 0; x < pw; ++x) {
+            const int64_t source = ((c * pt + t) * ph + y) * pw + x;
+            const int64_t target = ((t * ph + y) * pw + x) * channels + c;
+            std::memcpy(to + (row * columns + target) * element, from + (row * columns + source) * element, element);
+          }
+        }
+      }
+    }
+  }
+  head_order_patch_weight_ = backend_.Upload(permuted, host.dtype());
+  return head_order_patch_weight_;
+}
+
+Tensor WanDit::ForwardEmbedded(const Tensor& embedded, const TokenGrid& grid, const TimestepConditioning& timestep,
+                               const PromptConditioning& prompt, int64_t shard_begin, SequenceAttention& attention,
+                               int step) {
+  ZCHECK(static_cast<int64_t>(prompt.cross_keys.size()) == config_.num_layers);
+  const int64_t shard_count = embedded.dim(0);
   // The residual stream is F32 from here on (spec §2.5).
   const Tensor x = backend_.Cast(embedded, DType::kF32);
   const RopeTable& rope = RopeFor(grid, shard_begin, shard_count);

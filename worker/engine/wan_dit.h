@@ -45,6 +45,7 @@ class WanDit {
   WanDit(WanDitConfig config, WanDitWeights weights, Backend& backend);
 
   const WanDitConfig& config() const { return config_; }
+  const WanDitWeights& weights() const { return weights_; }
   Backend& backend() const { return backend_; }
 
   // The latent must be [in_dim, F, H, W] with H and W multiples of 2 and the grid within the RoPE table.
@@ -61,6 +62,14 @@ class WanDit {
   // `latent` is the full latent (every rank patchifies it and keeps its rows).
   Tensor ForwardShard(const Tensor& latent, const TimestepConditioning& timestep, const PromptConditioning& prompt,
                       int64_t shard_begin, int64_t shard_count, SequenceAttention& attention, int step);
+  // The same for a shard given as *head-order tokens*: tokens F32 [shard_count, out_dim·pt·ph·pw] of the
+  // grid `grid`, column ((t·ph + y)·pw + x)·C + c — the layout of the head's output and of Unpatchify's
+  // input, which is what lets the sampler step token shards (velocity and sample share one layout) and
+  // gather them only once at the end. Equal to ForwardShard on the same tokens up to the summation order of
+  // the patch embedding (its weight's columns are permuted once into this order). Needs in_dim = out_dim.
+  Tensor ForwardTokens(const Tensor& tokens, const TokenGrid& grid, int64_t shard_begin,
+                       const TimestepConditioning& timestep, const PromptConditioning& prompt,
+                       SequenceAttention& attention, int step);
   // One device: velocity F32 [out_dim, F, H, W].
   Tensor Forward(const Tensor& latent, const TimestepConditioning& timestep, const PromptConditioning& prompt,
                  SequenceAttention& attention, int step = 0);
@@ -72,6 +81,12 @@ class WanDit {
     Tensor cos, sin;  // F32 [shard_count, head_dim / 2]
   };
   const RopeTable& RopeFor(const TokenGrid& grid, int64_t shard_begin, int64_t shard_count);
+  // Embedded shard (F32 [shard_count, D]) -> head output; shared by ForwardShard and ForwardTokens.
+  Tensor ForwardEmbedded(const Tensor& embedded, const TokenGrid& grid, const TimestepConditioning& timestep,
+                         const PromptConditioning& prompt, int64_t shard_begin, SequenceAttention& attention,
+                         int step);
+  // weights_.patch_weight with its columns reordered from Patchify's (c, t, y, x) to head order (t, y, x, c).
+  const Tensor& HeadOrderPatchWeight();
   void RunBlock(int index, const Tensor& x, const Tensor& block_modulation, const Tensor& cross_keys,
                 const Tensor& cross_values, const RopeTable& rope, SequenceAttention& attention,
                 const AttentionSite& site);
@@ -80,6 +95,7 @@ class WanDit {
   WanDitWeights weights_;
   Backend& backend_;
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>, RopeTable> rope_cache_;
+  Tensor head_order_patch_weight_;  // built on the first ForwardTokens
 };
 
 // The cos-first sinusoidal timestep embedding (spec §2.3), computed in float64: [cos(t·ω), sin(t·ω)],

@@ -1,18 +1,24 @@
 // zoetrope-dit: one Wan2.1 DiT forward from tensors in a safetensors file, for checking weights and
-// numerics against a reference.
+// numerics against a reference, on one device or on a sequence-parallel group.
 //
-//   zoetrope-dit --weights W --inputs IN.safetensors -o OUT.safetensors
+//   zoetrope-dit --weights W --inputs IN.safetensors -o OUT.safetensors [--sp N [--gpus L | --loopback]]
 // IN: `latent` F32 [16, F, H, W], `timestep` [1] (F32 or I64), `context` F32 [Lc, text_dim] (unpadded).
-// OUT: `velocity` F32 [16, F, H, W].
+// OUT: `velocity` F32 [16, F, H, W]. The model's config comes from config.json beside the weights (or
+// --config). With --sp N the tokens are split over N ranks (CPU threads, GPUs, or loopback ranks on one
+// GPU) running Ulysses attention, and the shards' outputs are gathered into one velocity.
 #include <cstdio>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/backend_factory.h"
+#include "parallel/planned_attention.h"
 #include "parallel/sequence_attention.h"
+#include "parallel/ulysses_attention.h"
+#include "worker/engine/pipeline_devices.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/wan_dit.h"
 
@@ -21,6 +27,13 @@ ABSL_FLAG(std::string, inputs, "", "safetensors file with latent, timestep and c
 ABSL_FLAG(std::string, o, "", "output safetensors file (velocity)");
 ABSL_FLAG(std::string, config, "", "config preset to use when there is no config.json beside the weights");
 ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N");
+ABSL_FLAG(int32_t, threads, 0, "CPU threads in all (0 = all cores)");
+ABSL_FLAG(int32_t, sp, 1, "sequence-parallel ranks (CPU: threads; CUDA: the GPUs of --gpus, or --loopback)");
+ABSL_FLAG(std::string, gpus, "", "CUDA: the GPUs of the group, e.g. 0,1");
+ABSL_FLAG(bool, loopback, false, "CUDA: every rank on the first GPU");
+ABSL_FLAG(std::string, attention, "dense", "self-attention plan: a preset (dense, radial, ...) or a plan YAML file");
+ABSL_FLAG(int32_t, step, 0, "denoising step the forward stands for (plans choose per step)");
+ABSL_FLAG(int32_t, steps, 50, "denoising steps of the run the plan is for");
 
 namespace {
 
@@ -29,12 +42,33 @@ absl::Status Run() {
   if (absl::GetFlag(FLAGS_weights).empty() || absl::GetFlag(FLAGS_inputs).empty() || absl::GetFlag(FLAGS_o).empty()) {
     return absl::InvalidArgumentError("--weights, --inputs and -o are required");
   }
-  absl::StatusOr<std::unique_ptr<Backend>> created = CreateBackend(absl::GetFlag(FLAGS_device));
-  if (!created.ok()) return absl::InvalidArgumentError(absl::StrCat("--device: ", created.status().message()));
-  Backend* backend = created->get();
+  DeviceRequest request;
+  request.device = absl::GetFlag(FLAGS_device);
+  request.cpu_threads = absl::GetFlag(FLAGS_threads);
+  request.sequence_parallel = absl::GetFlag(FLAGS_sp);
+  request.loopback = absl::GetFlag(FLAGS_loopback);
+  absl::StatusOr<std::vector<int>> gpus = ParseGpuList(absl::GetFlag(FLAGS_gpus));
+  if (!gpus.ok()) return gpus.status();
+  request.gpus = *gpus;
+  absl::StatusOr<PipelineDevices> devices = CreatePipelineDevices(request);
+  if (!devices.ok()) return absl::InvalidArgumentError(absl::StrCat("--device/--sp: ", devices.status().message()));
+  absl::StatusOr<SparsityPlan> plan = SparsityPlanFromPresetOrFile(absl::GetFlag(FLAGS_attention));
+  if (!plan.ok()) return plan.status();
+  const int ranks = devices->degrees.ranks();
+  Backend* backend = devices->backends[0].get();
   absl::StatusOr<std::unique_ptr<WanDit>> model =
       WanDit::Load(absl::GetFlag(FLAGS_weights), *backend, absl::GetFlag(FLAGS_config));
   if (!model.ok()) return model.status();
+  const WanDitConfig& config = (*model)->config();
+  if (absl::Status fits = plan->Validate(static_cast<int>(config.num_layers), static_cast<int>(config.num_heads),
+                                         absl::GetFlag(FLAGS_steps));
+      !fits.ok()) {
+    return fits;
+  }
+  const int step = absl::GetFlag(FLAGS_step);
+  if (step < 0 || step >= absl::GetFlag(FLAGS_steps)) {
+    return absl::InvalidArgumentError(absl::StrCat("--step must be in [0, --steps) (got ", step, ")"));
+  }
 
   const std::string inputs_path = absl::GetFlag(FLAGS_inputs);
   absl::StatusOr<std::unique_ptr<SafetensorsFile>> inputs = SafetensorsFile::Open(inputs_path);
@@ -55,13 +89,70 @@ absl::Status Run() {
   const double t = timestep->dtype() == DType::kI64 ? static_cast<double>(timestep->data<int64_t>()[0])
                                                      : static_cast<double>(ToFloatVector(*timestep)[0]);
 
-  absl::StatusOr<WanDit::PromptConditioning> prompt = (*model)->EncodePrompt(*context);
-  if (!prompt.ok()) return absl::InvalidArgumentError(absl::StrCat(inputs_path, ": \"context\": ", prompt.status().message()));
-  LocalDenseAttention attention;
-  const Tensor latent_on_device = backend->Upload(*latent, DType::kF32);
-  const Tensor velocity =
-      (*model)->Forward(latent_on_device, (*model)->EmbedTimestep(t), *prompt, attention, /*step=*/0);
-  return WriteSafetensors(absl::GetFlag(FLAGS_o), {{"velocity", backend->ToHost(velocity)}});
+  if (absl::Status valid = (*model)->EncodePrompt(*context).status(); !valid.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(inputs_path, ": \"context\": ", valid.message()));
+  }
+  // Every rank runs its token shard; ranks on rank 0's device share its weights.
+  std::vector<std::unique_ptr<WanDit>> others;
+  for (int rank = 1; rank < ranks; ++rank) {
+    Backend& other = *devices->backends[rank];
+    if (other.device() == backend->device()) {
+      others.push_back(std::make_unique<WanDit>(config, (*model)->weights(), other));
+    } else {
+      absl::StatusOr<std::unique_ptr<WanDit>> loaded = WanDit::Load(absl::GetFlag(FLAGS_weights), other,
+                                                                    absl::GetFlag(FLAGS_config));
+      if (!loaded.ok()) return loaded.status();
+      others.push_back(*std::move(loaded));
+    }
+  }
+  std::vector<MeshCommunicators> mesh(ranks);
+  if (ranks > 1) {
+    absl::StatusOr<std::vector<MeshCommunicators>> built = BuildMeshCommunicators(devices->degrees, devices->communicators);
+    if (!built.ok()) return built.status();
+    mesh = *std::move(built);
+  }
+  const TokenGrid grid = (*model)->GridOf(latent->shape());
+  const int64_t columns = config.out_dim * config.patch_t * config.patch_h * config.patch_w;
+  std::vector<absl::Status> statuses(ranks);
+  Tensor velocity;
+  auto run_rank = [&](int rank) {
+    WanDit& dit = rank == 0 ? **model : *others[rank - 1];
+    Backend& device = dit.backend();
+    absl::StatusOr<WanDit::PromptConditioning> prompt = dit.EncodePrompt(*context);
+    if (!prompt.ok()) {
+      statuses[rank] = prompt.status();
+      return;
+    }
+    std::unique_ptr<SequenceAttention> attention;
+    if (ranks > 1) {
+      attention = std::make_unique<UlyssesAttention>(*mesh[rank].sequence, *plan, absl::GetFlag(FLAGS_steps));
+    } else {
+      attention = std::make_unique<PlannedAttention>(*plan, absl::GetFlag(FLAGS_steps));
+    }
+    const ShardRange shard = TokenShard(grid.tokens(), ranks, rank);
+    const Tensor head = dit.ForwardShard(device.Upload(*latent, DType::kF32), dit.EmbedTimestep(t), *prompt,
+                                         shard.begin, shard.count, *attention, step);
+    Tensor tokens = head;
+    if (ranks > 1) {
+      tokens = device.Empty({grid.tokens(), columns}, DType::kF32);
+      std::vector<Tensor> parts;
+      for (int p = 0; p < ranks; ++p) {
+        const ShardRange part = TokenShard(grid.tokens(), ranks, p);
+        parts.push_back(tokens.Rows(part.begin, part.count));
+      }
+      statuses[rank] = mesh[rank].sequence->AllGather(device, head, parts);
+      if (!statuses[rank].ok()) return;
+    }
+    if (rank == 0) velocity = device.ToHost(dit.Unpatchify(tokens, latent->shape()));
+  };
+  std::vector<std::thread> threads;
+  for (int rank = 1; rank < ranks; ++rank) threads.emplace_back(run_rank, rank);
+  run_rank(0);
+  for (std::thread& thread : threads) thread.join();
+  for (int rank = 0; rank < ranks; ++rank) {
+    if (!statuses[rank].ok()) return absl::Status(statuses[rank].code(), absl::StrCat("rank ", rank, ": ", statuses[rank].message()));
+  }
+  return WriteSafetensors(absl::GetFlag(FLAGS_o), {{"velocity", velocity}});
 }
 
 }  // namespace

@@ -18,6 +18,9 @@ ABSL_FLAG(std::string, o, "", "output .safetensors path (config.json is written 
 ABSL_FLAG(bool, diffusers, false, "use diffusers key names and config format instead of the original Wan ones");
 ABSL_FLAG(int64_t, num_layers, -1, "override the number of transformer blocks (e.g. a 2-block slice)");
 ABSL_FLAG(std::string, dtype, "f32", "stored dtype: f32, bf16 or f16");
+ABSL_FLAG(int64_t, num_heads, -1,
+          "override the number of attention heads, keeping the head width (dim and ffn_dim scale with it): "
+          "models whose head count a parallel degree does not divide");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Writes deterministic random Wan2.1 DiT weights: --config NAME --seed S -o FILE");
@@ -26,6 +29,16 @@ int main(int argc, char** argv) {
   absl::StatusOr<zoetrope::WanDitConfig> config = zoetrope::WanDitConfigByName(absl::GetFlag(FLAGS_config));
   if (!config.ok()) return zoetrope::ReportToolError(kTool, config.status(), 2, "--config");
   if (absl::GetFlag(FLAGS_num_layers) >= 0) config->num_layers = absl::GetFlag(FLAGS_num_layers);
+  if (const int64_t heads = absl::GetFlag(FLAGS_num_heads); heads >= 0) {
+    const int64_t head_dim = config->head_dim();
+    config->ffn_dim = config->ffn_dim * heads / config->num_heads;
+    config->dim = heads * head_dim;
+    config->num_heads = heads;
+    config->name = absl::StrCat(config->name, "-", heads, "-heads");
+    if (absl::Status valid = config->Validate(); !valid.ok()) {
+      return zoetrope::ReportToolError(kTool, valid, 2, "--num_heads");
+    }
+  }
   const std::string output = absl::GetFlag(FLAGS_o);
   return zoetrope::RunWeightsWriter(
       kTool, absl::StrCat("mkweights ", config->name), output, absl::GetFlag(FLAGS_dtype),
