@@ -3,6 +3,7 @@
 // cancelled). These are the only places that move a job between the queue, the running counts and the
 // store, so they are kept together where their bookkeeping can be checked against each other.
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -53,16 +54,30 @@ void Scheduler::DispatchLocked() {
   if (idle.empty()) return;
   std::sort(idle.begin(), idle.end(),
             [](const WorkerState* a, const WorkerState* b) { return a->idle_since < b->idle_since; });
+  // Jobs in queue order; each takes the best-fitting idle worker that can run it: the smallest announced
+  // token limit, then the fewest GPUs (so a multi-GPU group stays free for the jobs only it can run), then
+  // the longest idle.
+  auto better_fit = [](const WorkerState* a, const WorkerState* b) {
+    const int64_t a_tokens = a->capabilities.max_tokens() > 0 ? a->capabilities.max_tokens() : std::numeric_limits<int64_t>::max();
+    const int64_t b_tokens = b->capabilities.max_tokens() > 0 ? b->capabilities.max_tokens() : std::numeric_limits<int64_t>::max();
+    if (a_tokens != b_tokens) return a_tokens < b_tokens;
+    return a->capabilities.gpus() < b->capabilities.gpus();
+  };
   bool assigned = false;
-  for (WorkerState* worker : idle) {
-    for (const JobQueue::Entry& entry : queue_) {
-      LiveJob& live = live_.at(entry.job_id);
-      if (!CanRunLocked(*worker, live)) continue;
-      AssignLocked(*worker, live);
-      assigned = true;
-      break;
+  std::vector<std::string> queued;
+  for (const JobQueue::Entry& entry : queue_) queued.push_back(entry.job_id);
+  for (const std::string& job_id : queued) {
+    if (idle.empty()) break;
+    LiveJob& live = live_.at(job_id);
+    auto best = idle.end();
+    for (auto candidate = idle.begin(); candidate != idle.end(); ++candidate) {
+      if (!CanRunLocked(**candidate, live)) continue;
+      if (best == idle.end() || better_fit(*candidate, *best)) best = candidate;
     }
-    if (queue_.empty()) break;
+    if (best == idle.end()) continue;
+    AssignLocked(**best, live);
+    idle.erase(best);
+    assigned = true;
   }
   if (assigned) {
     UpdatePositionsLocked();
@@ -85,6 +100,8 @@ void Scheduler::AssignLocked(WorkerState& worker, LiveJob& live) {
   const double queue_seconds = absl::ToDoubleSeconds(now - FromTimestamp(live.job.create_time()));
   live.job.mutable_measurements()->set_queue_seconds(queue_seconds);
   live.job.mutable_measurements()->set_gpus(worker.capabilities.gpus());
+  live.job.mutable_measurements()->set_sequence_parallel_degree(std::max(1, worker.capabilities.sequence_parallel_degree()));
+  live.job.mutable_measurements()->set_cfg_parallel_degree(std::max(1, worker.capabilities.cfg_parallel_degree()));
   live.connection = worker.connection;
   live.orphaned_until = absl::InfiniteFuture();
   live.cancel_sent = false;

@@ -76,6 +76,7 @@ struct RunnerCapabilities {
   std::string backend;  // "cpu" or "cuda"
   int gpus = 0;
   int sequence_parallel_degree = 1;
+  int cfg_parallel_degree = 1;
   int64_t device_memory_bytes = 0;
   int64_t max_tokens = 0;  // largest latent token count (F_latent · H/16 · W/16)
   std::vector<ResultFormat> formats;

@@ -5,7 +5,6 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/backend_factory.h"
 #include "worker/engine/video_writer.h"
 
 namespace zoetrope {
@@ -30,13 +29,23 @@ std::string ModelNameOfPath(const std::string& model_path) {
 absl::StatusOr<std::unique_ptr<PipelineJobRunner>> PipelineJobRunner::Create(const PipelineOptions& options) {
   std::unique_ptr<PipelineJobRunner> runner(new PipelineJobRunner());
   runner->options_ = options;
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(options.device, options.threads);
-  if (!backend.ok()) return absl::InvalidArgumentError(absl::StrCat("device: ", backend.status().message()));
-  runner->backend_ = std::move(*backend);
+  DeviceRequest request;
+  request.device = options.device;
+  request.cpu_threads = options.threads;
+  request.gpus = options.gpus;
+  request.sequence_parallel = options.sequence_parallel;
+  request.cfg_parallel = options.cfg_parallel;
+  request.loopback = options.loopback;
+  absl::StatusOr<PipelineDevices> devices = CreatePipelineDevices(request);
+  if (!devices.ok()) {
+    return absl::Status(devices.status().code(), absl::StrCat("device: ", devices.status().message()));
+  }
+  runner->devices_ = *std::move(devices);
+  Backend& backend = *runner->devices_.backends.front();
 
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> pipeline =
-      TextToVideoPipeline::Load(options.model_path, *runner->backend_);
+      TextToVideoPipeline::LoadGroup(options.model_path, runner->devices_.group());
   if (!pipeline.ok()) return pipeline.status();
   runner->pipeline_ = std::move(*pipeline);
   runner->load_seconds_ = SecondsSince(start);
@@ -50,13 +59,16 @@ absl::StatusOr<std::unique_ptr<PipelineJobRunner>> PipelineJobRunner::Create(con
 
   RunnerCapabilities& capabilities = runner->capabilities_;
   capabilities.models = {options.model_name.empty() ? ModelNameOfPath(options.model_path) : options.model_name};
-  capabilities.backend = runner->backend_->device().is_cpu() ? "cpu" : "cuda";
-  // One device per worker for now; sequence-parallel groups announce their GPU count here.
-  capabilities.gpus = runner->backend_->device().is_cpu() ? 0 : 1;
-  capabilities.sequence_parallel_degree = 1;
-  capabilities.max_tokens = options.max_tokens > 0 ? options.max_tokens : kDefaultMaxTokens;
+  capabilities.backend = backend.device().is_cpu() ? "cpu" : "cuda";
+  capabilities.gpus = runner->devices_.gpu_count();
+  capabilities.sequence_parallel_degree = runner->devices_.degrees.sequence;
+  capabilities.cfg_parallel_degree = runner->devices_.degrees.cfg;
+  // A rank holds 1/sp of the activations (attention memory is linear in the tokens), so a group's default
+  // limit grows with its sequence-parallel degree.
+  capabilities.max_tokens =
+      options.max_tokens > 0 ? options.max_tokens : kDefaultMaxTokens * runner->devices_.degrees.sequence;
   capabilities.formats = {ResultFormat::kMp4, ResultFormat::kRawSafetensors};
-  capabilities.device_name = runner->backend_->name();
+  capabilities.device_name = backend.name();
   return runner;
 }
 

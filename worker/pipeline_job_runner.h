@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "worker/engine/pipeline_devices.h"
 #include "worker/engine/text_to_video.h"
 #include "worker/job_runner.h"
 
@@ -22,6 +23,12 @@ struct PipelineOptions {
   // "cpu", "cuda" or "cuda:N".
   std::string device = "cpu";
   int threads = 0;  // CPU threads (0: all cores)
+  // The parallel group (docs/parallel.md): CUDA GPUs, one rank each (empty: `device`'s), the Ulysses
+  // degree, CFG parallelism, and loopback (every rank on the first GPU).
+  std::vector<int> gpus;
+  int sequence_parallel = 1;
+  bool cfg_parallel = false;
+  bool loopback = false;
   // Largest latent token count accepted; 0 picks the default (720p, 81 frames).
   int64_t max_tokens = 0;
   // Latent frames per VAE decode chunk (memory bound; 0 = all at once).
@@ -47,7 +54,7 @@ class PipelineJobRunner final : public JobRunner {
   PipelineJobRunner() = default;
 
   PipelineOptions options_;
-  std::unique_ptr<Backend> backend_;
+  PipelineDevices devices_;
   std::unique_ptr<TextToVideoPipeline> pipeline_;
   RunnerCapabilities capabilities_;
   double load_seconds_ = 0.0;

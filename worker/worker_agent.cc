@@ -200,6 +200,7 @@ v1::WorkerHello WorkerAgent::HelloLocked() const {
   capabilities->set_backend(capabilities_.backend);
   capabilities->set_gpus(capabilities_.gpus);
   capabilities->set_sequence_parallel_degree(capabilities_.sequence_parallel_degree);
+  capabilities->set_cfg_parallel_degree(capabilities_.cfg_parallel_degree);
   capabilities->set_device_memory_bytes(capabilities_.device_memory_bytes);
   capabilities->set_max_tokens(capabilities_.max_tokens);
   for (ResultFormat format : capabilities_.formats) capabilities->add_output_formats(ToProto(format));

@@ -27,6 +27,13 @@ ABSL_FLAG(std::string, model_name, "", "model name announced to the scheduler (d
 ABSL_FLAG(std::string, worker_id, "", "worker id, stable across reconnects (default: <hostname>-<pid>)");
 ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the cpu device (0 = all cores)");
+ABSL_FLAG(std::string, gpus, "",
+          "CUDA: the GPUs of this worker's group, one rank each, e.g. 0,1,2,3 (one process, one thread per GPU; "
+          "default: --device's GPU)");
+ABSL_FLAG(int32_t, sp, 1, "sequence-parallel (Ulysses) degree: ranks per CFG group");
+ABSL_FLAG(bool, cfg_parallel, false,
+          "conditional and unconditional passes on two groups of --sp ranks at once (--gpus lists 2 x sp GPUs)");
+ABSL_FLAG(bool, loopback, false, "CUDA: every rank on the first GPU (testing the parallel paths on one GPU)");
 ABSL_FLAG(int64_t, vae_chunk_frames, 1, "latent frames per VAE decode chunk (bounds memory; 0 = all at once)");
 ABSL_FLAG(std::string, attention, "dense",
           "sparsity plan of requests that name none: a preset (dense, radial, attention-tile, sliding-tile) or a "
@@ -60,6 +67,15 @@ int WorkerMain() {
   pipeline.model_name = absl::GetFlag(FLAGS_model_name);
   pipeline.threads = absl::GetFlag(FLAGS_threads);
   pipeline.device = absl::GetFlag(FLAGS_device);
+  pipeline.sequence_parallel = absl::GetFlag(FLAGS_sp);
+  pipeline.cfg_parallel = absl::GetFlag(FLAGS_cfg_parallel);
+  pipeline.loopback = absl::GetFlag(FLAGS_loopback);
+  absl::StatusOr<std::vector<int>> gpus = ParseGpuList(absl::GetFlag(FLAGS_gpus));
+  if (!gpus.ok()) {
+    std::fprintf(stderr, "zoetrope-worker: %s\n", std::string(gpus.status().message()).c_str());
+    return 2;
+  }
+  pipeline.gpus = *gpus;
   pipeline.vae_chunk_frames = absl::GetFlag(FLAGS_vae_chunk_frames);
   pipeline.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   absl::StatusOr<SparsityPlanText> attention = ReadSparsityPlanText(absl::GetFlag(FLAGS_attention));
@@ -76,7 +92,9 @@ int WorkerMain() {
   const RunnerCapabilities capabilities = (*runner)->capabilities();
   metrics.ModelLoaded(capabilities.models.front(), (*runner)->load_seconds());
   Log("worker", "model ", capabilities.models.front(), " loaded from ", pipeline.model_path, " in ",
-      absl::StrFormat("%.2f", (*runner)->load_seconds()), " s on ", capabilities.backend,
+      absl::StrFormat("%.2f", (*runner)->load_seconds()), " s on ", capabilities.backend, " (",
+      capabilities.gpus, " GPUs, sp=", capabilities.sequence_parallel_degree, " cfg=", capabilities.cfg_parallel_degree,
+      ")",
       endpoint != nullptr ? absl::StrCat("; /metrics on port ", endpoint->port()) : "");
 
   WorkerAgentOptions options;

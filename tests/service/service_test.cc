@@ -918,5 +918,44 @@ TEST(ServiceTest, EmbeddedServe) {
   EXPECT_EQ(exit_code, 0);
 }
 
+// A worker process running a CPU group of 2 × 2 ranks (sequence- and CFG-parallel) beside a one-device
+// worker with a small token limit: the job that fits both goes to the best fit (the smaller worker), the
+// large one to the group, and each job records the degrees it ran with.
+TEST(ServiceTest, ParallelWorkerGroupRunsJobsAndRecordsItsDegrees) {
+  ServiceCluster cluster("parallel");
+  ASSERT_TRUE(cluster.StartScheduler());
+  ASSERT_TRUE(cluster.StartWorker("group", {"--sp=2", "--cfg_parallel", "--threads=2"}));
+  ASSERT_TRUE(cluster.StartWorker("single", {"--max_tokens=1000"}));
+  const v1::SubmitJobRequest small = SmallRequest(2, "a paper boat, small");  // 64 tokens
+  v1::SubmitJobRequest large = SmallRequest(2, "a paper boat, large");
+  large.set_width(256);
+  large.set_height(256);
+  large.set_frames(33);  // 2,304 tokens: more than the single worker accepts
+  v1::Job small_job, large_job;
+  ASSERT_TRUE(Submit(cluster.stub(), small, &small_job).ok());
+  ASSERT_TRUE(Submit(cluster.stub(), large, &large_job).ok());
+  small_job = WaitForTerminal(cluster.stub(), small_job.id(), kJobTimeout);
+  large_job = WaitForTerminal(cluster.stub(), large_job.id(), kJobTimeout);
+  ASSERT_EQ(small_job.state(), v1::JOB_STATE_SUCCEEDED) << small_job.error().message();
+  ASSERT_EQ(large_job.state(), v1::JOB_STATE_SUCCEEDED) << large_job.error().message() << cluster.AllWorkerLogs();
+  EXPECT_EQ(small_job.worker_id(), "single");
+  EXPECT_EQ(small_job.measurements().sequence_parallel_degree(), 1);
+  EXPECT_EQ(small_job.measurements().cfg_parallel_degree(), 1);
+  EXPECT_EQ(large_job.worker_id(), "group");
+  EXPECT_EQ(large_job.measurements().sequence_parallel_degree(), 2);
+  EXPECT_EQ(large_job.measurements().cfg_parallel_degree(), 2);
+  EXPECT_EQ(large_job.measurements().gpus(), 0) << "CPU ranks are not GPUs";
+}
+
+// Impossible parallel configurations stop the worker at start with the flag named.
+TEST(ServiceTest, ImpossibleParallelWorkerConfigurationsFailAtStart) {
+  ServiceCluster cluster("parallel-bad");
+  ASSERT_TRUE(cluster.StartScheduler());
+  EXPECT_FALSE(cluster.StartWorker("gpus-on-cpu", {"--sp=2", "--gpus=0,1"}));
+  EXPECT_NE(cluster.worker("gpus-on-cpu").Log().find("--gpus"), std::string::npos) << cluster.worker("gpus-on-cpu").Log();
+  EXPECT_FALSE(cluster.StartWorker("bad-list", {"--gpus=0,0"}));
+  EXPECT_NE(cluster.worker("bad-list").Log().find("listed twice"), std::string::npos) << cluster.worker("bad-list").Log();
+}
+
 }  // namespace
 }  // namespace zoetrope::testing
