@@ -5,6 +5,9 @@
 // a random prompt once, then runs --warmup + --iterations forwards (each at a new timestep, as the
 // denoising loop does) and prints one JSON object: median seconds per forward, the analytic FLOPs of
 // spec/wan21.md §7, TFLOP/s, and on CUDA the allocator's cudaMalloc count during the timed forwards.
+// With --sp N the forward runs on a sequence-parallel group (worker/engine/dit_group.h: N CPU threads, the
+// GPUs of --gpus, or N loopback ranks on one GPU), prompt encoding and the output gather included; --sp 1
+// is the group path on one rank, the baseline of its overhead.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -25,6 +28,8 @@
 #include "parallel/planned_attention.h"
 #include "parallel/sequence_attention.h"
 #include "parallel/sparsity_plan.h"
+#include "worker/engine/dit_group.h"
+#include "worker/engine/pipeline_devices.h"
 #include "worker/engine/wan_dit.h"
 #include "worker/engine/wan_random_weights.h"
 #ifdef ZOETROPE_HAS_CUDA
@@ -44,6 +49,9 @@ ABSL_FLAG(std::string, attention, "dense", "sparsity plan: a preset or a plan YA
 ABSL_FLAG(int, step, 20, "denoising step every timed forward stands for (selects the plan's mode)");
 ABSL_FLAG(int, steps, 50, "steps of the schedule the plan is scaled to");
 ABSL_FLAG(bool, profile, false, "after timing, one more forward with per-operator times (to stderr)");
+ABSL_FLAG(int, sp, 0, "sequence-parallel ranks (0: the plain one-device forward; 1: the group path on one rank)");
+ABSL_FLAG(std::string, gpus, "", "CUDA: the GPUs of the group, e.g. 0,1");
+ABSL_FLAG(bool, loopback, false, "CUDA: every rank on the first GPU");
 
 namespace {
 
@@ -67,8 +75,17 @@ absl::Status Run() {
     if (!absl::SimpleAtoi(part, &value)) return absl::InvalidArgumentError("--latent must be C,F,H,W");
     latent_shape.push_back(value);
   }
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(absl::GetFlag(FLAGS_device));
-  if (!backend.ok()) return backend.status();
+  const int sequence_ranks = absl::GetFlag(FLAGS_sp);
+  DeviceRequest request;
+  request.device = absl::GetFlag(FLAGS_device);
+  request.sequence_parallel = std::max(1, sequence_ranks);
+  request.loopback = absl::GetFlag(FLAGS_loopback);
+  absl::StatusOr<std::vector<int>> gpus = ParseGpuList(absl::GetFlag(FLAGS_gpus));
+  if (!gpus.ok()) return gpus.status();
+  request.gpus = *gpus;
+  absl::StatusOr<PipelineDevices> devices = CreatePipelineDevices(request);
+  if (!devices.ok()) return devices.status();
+  std::unique_ptr<Backend>* backend = &devices->backends[0];
 
   std::string weights = absl::GetFlag(FLAGS_weights);
   if (weights.empty()) {
@@ -112,13 +129,32 @@ absl::Status Run() {
     return fits;
   }
   PlannedAttention attention(*plan, steps);
+  std::unique_ptr<DitGroup> group;
+  if (sequence_ranks >= 1) {
+    const PipelineGroup ranks = devices->group();
+    absl::StatusOr<std::unique_ptr<DitGroup>> created =
+        DitGroup::Create(**model, weights, "", ranks.backends, ranks.degrees, ranks.communicators);
+    if (!created.ok()) return created.status();
+    group = *std::move(created);
+  }
+  // One forward, finished on every device.
+  double group_density = 1.0;
+  auto forward = [&](double at) -> absl::Status {
+    if (group != nullptr) {
+      absl::StatusOr<Tensor> velocity = group->Forward(latent, at, context, *plan, steps, step, &group_density);
+      if (!velocity.ok()) return velocity.status();
+    } else {
+      (*model)->Forward(device_latent, (*model)->EmbedTimestep(at), *prompt, attention, step);
+    }
+    for (std::unique_ptr<Backend>& rank_backend : devices->backends) rank_backend->Synchronize();
+    return absl::OkStatus();
+  };
 
   double timestep = 999.0;
   for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) {
-    (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention, step);
+    if (absl::Status status = forward(timestep); !status.ok()) return status;
     timestep -= 20.0;
   }
-  (*backend)->Synchronize();
 #ifdef ZOETROPE_HAS_CUDA
   const bool on_cuda = !(*backend)->device().is_cpu();
   const CudaMemoryStats before = on_cuda ? CudaBackendMemoryStats(**backend) : CudaMemoryStats{};
@@ -126,9 +162,7 @@ absl::Status Run() {
   std::vector<double> seconds;
   for (int i = 0; i < std::max(1, absl::GetFlag(FLAGS_iterations)); ++i) {
     const auto start = std::chrono::steady_clock::now();
-    const Tensor velocity =
-        (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention, step);
-    (*backend)->Synchronize();
+    if (absl::Status status = forward(timestep); !status.ok()) return status;
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     timestep -= 20.0;
   }
@@ -143,7 +177,7 @@ absl::Status Run() {
     peak_gib = static_cast<double>(after.peak_bytes_in_use) / (1 << 30);
   }
 #endif
-  if (absl::GetFlag(FLAGS_profile)) {
+  if (absl::GetFlag(FLAGS_profile) && group == nullptr) {
     profiler.set_enabled(true);
     (*model)->Forward(device_latent, (*model)->EmbedTimestep(timestep), *prompt, attention, step);
     profiler.Report(stderr);
@@ -157,11 +191,13 @@ absl::Status Run() {
   // tflop/tflops count dense attention FLOPs: for a sparse plan they are "dense-equivalent" rates.
   std::printf(
       "{\"benchmark\": \"dit_forward\", \"config\": \"%s\", \"device\": \"%s\", \"tokens\": %.0f, \"layers\": %lld, "
-      "\"attention\": \"%s\", \"step\": %d, \"steps\": %d, \"block_density\": %.4f, "
+      "\"attention\": \"%s\", \"step\": %d, \"steps\": %d, \"block_density\": %.4f, \"sequence_parallel\": %d, "
+      "\"loopback\": %s, "
       "\"median_s\": %.4f, \"min_s\": %.4f, \"max_s\": %.4f, \"samples_s\": [%s], \"tflop\": %.1f, \"tflops\": %.1f, "
       "\"timed_forward_cuda_mallocs\": %lld, \"peak_gib\": %.2f}\n",
       config.name.c_str(), (*backend)->name().c_str(), tokens, static_cast<long long>(config.num_layers),
-      absl::GetFlag(FLAGS_attention).c_str(), step, steps, attention.mean_block_density(), median, seconds.front(),
+      absl::GetFlag(FLAGS_attention).c_str(), step, steps, group != nullptr ? group_density : attention.mean_block_density(), sequence_ranks,
+      absl::GetFlag(FLAGS_loopback) ? "true" : "false", median, seconds.front(),
       seconds.back(), sample_list.c_str(), flops / 1e12, flops / median / 1e12, allocations, peak_gib);
   return absl::OkStatus();
 }

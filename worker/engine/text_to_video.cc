@@ -3,7 +3,6 @@
 #include <chrono>
 #include <limits>
 #include <optional>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "parallel/planned_attention.h"
@@ -113,23 +112,10 @@ absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> TextToVideoPipeline::LoadGr
   if (!pipeline.ok() || ranks == 1) return pipeline;
   TextToVideoPipeline& loaded = **pipeline;
   loaded.degrees_ = group.degrees;
-  const WanDit& first = *loaded.transformer_;
-  for (int rank = 1; rank < ranks; ++rank) {
-    Rank other;
-    other.backend = group.backends[rank];
-    if (other.backend->device() == group.backends[0]->device()) {
-      // Weights are read-only: ranks on one device (CPU threads, loopback ranks) share rank 0's.
-      other.transformer = std::make_unique<WanDit>(first.config(), first.weights(), *other.backend);
-    } else {
-      absl::StatusOr<std::unique_ptr<WanDit>> transformer = WanDit::Load(loaded.files_.transformer, *other.backend);
-      if (!transformer.ok()) return transformer.status();
-      other.transformer = *std::move(transformer);
-    }
-    loaded.other_ranks_.push_back(std::move(other));
-  }
-  absl::StatusOr<std::vector<MeshCommunicators>> mesh = BuildMeshCommunicators(group.degrees, group.communicators);
-  if (!mesh.ok()) return mesh.status();
-  loaded.mesh_ = *std::move(mesh);
+  absl::StatusOr<std::unique_ptr<DitGroup>> dit_group = DitGroup::Create(
+      *loaded.transformer_, loaded.files_.transformer, "", group.backends, group.degrees, group.communicators);
+  if (!dit_group.ok()) return dit_group.status();
+  loaded.group_ = *std::move(dit_group);
   return pipeline;
 }
 
@@ -144,23 +130,17 @@ absl::StatusOr<Tensor> TextToVideoPipeline::DenoiseOnGroup(
   const std::optional<Tensor> negative_host =
       negative_text != nullptr ? std::optional<Tensor>(backend_.ToHost(*negative_text)) : std::nullopt;
   StopAgreement stop;
-  std::vector<absl::StatusOr<Tensor>> latents(ranks, absl::UnknownError("rank did not run"));
+  std::vector<Tensor> latents(ranks);
   std::vector<double> densities(ranks, 1.0);
-  auto run_rank = [&](int rank) {
-    WanDit& transformer = rank == 0 ? *transformer_ : *other_ranks_[rank - 1].transformer;
-    MeshCommunicators& communicators = mesh_[rank];
+  absl::Status status = group_->RunOnRanks([&](int rank) -> absl::Status {
+    WanDit& transformer = group_->model(rank);
+    MeshCommunicators& communicators = group_->communicators(rank);
     absl::StatusOr<WanDit::PromptConditioning> positive = transformer.EncodePrompt(positive_host);
-    if (!positive.ok()) {
-      latents[rank] = positive.status();
-      return;
-    }
+    if (!positive.ok()) return positive.status();
     absl::StatusOr<WanDit::PromptConditioning> negative;
     if (negative_host.has_value()) {
       negative = transformer.EncodePrompt(*negative_host);
-      if (!negative.ok()) {
-        latents[rank] = negative.status();
-        return;
-      }
+      if (!negative.ok()) return negative.status();
     }
     std::unique_ptr<SequenceAttention> attention;
     UlyssesAttention* ulysses = nullptr;
@@ -176,32 +156,22 @@ absl::StatusOr<Tensor> TextToVideoPipeline::DenoiseOnGroup(
     group.cfg = communicators.cfg.get();
     group.stop = &stop;
     group.rank = rank;
-    latents[rank] = Denoise(transformer, *attention, *positive, negative_host.has_value() ? &*negative : nullptr,
-                            options, rank == 0 ? progress : nullptr, cancelled, group);
-    if (!latents[rank].ok()) return;
+    absl::StatusOr<Tensor> latent = Denoise(transformer, *attention, *positive,
+                                            negative_host.has_value() ? &*negative : nullptr, options,
+                                            rank == 0 ? progress : nullptr, cancelled, group);
+    if (!latent.ok()) return latent.status();
+    latents[rank] = *std::move(latent);
     densities[rank] = attention->mean_block_density();
     if (ulysses != nullptr) {
       absl::StatusOr<double> density = ulysses->GroupMeanBlockDensity(transformer.backend());
-      if (!density.ok()) {
-        latents[rank] = density.status();
-        return;
-      }
+      if (!density.ok()) return density.status();
       densities[rank] = *density;
     }
-  };
-  std::vector<std::thread> threads;
-  for (int rank = 1; rank < ranks; ++rank) threads.emplace_back(run_rank, rank);
-  run_rank(0);
-  for (std::thread& thread : threads) thread.join();
-  for (int rank = 0; rank < ranks; ++rank) {
-    if (!latents[rank].ok()) {
-      if (rank == 0) return latents[0].status();
-      const absl::Status& failed = latents[rank].status();
-      return absl::Status(failed.code(), absl::StrCat("rank ", rank, ": ", failed.message()));
-    }
-  }
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
   *attention_density = densities[0];
-  return *std::move(latents[0]);
+  return latents[0];
 }
 
 absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(

@@ -15,6 +15,7 @@
 #include "parallel/sequence_attention.h"
 #include "parallel/sparsity_plan.h"
 #include "worker/engine/denoise.h"
+#include "worker/engine/dit_group.h"
 #include "worker/engine/model_folder.h"
 #include "worker/engine/prompt_cache.h"
 #include "worker/engine/text_tokenizer.h"
@@ -110,16 +111,9 @@ class TextToVideoPipeline {
                                         const std::function<void(const DenoiseProgress&)>& progress,
                                         const std::atomic<bool>* cancelled, double* attention_density);
 
-  // Ranks 1… of a group (rank 0 is backend_ and transformer_).
-  struct Rank {
-    Backend* backend = nullptr;
-    std::unique_ptr<WanDit> transformer;
-  };
-
   Backend& backend_;
   ParallelDegrees degrees_;
-  std::vector<Rank> other_ranks_;
-  std::vector<MeshCommunicators> mesh_;  // every rank's communicators (empty for one device)
+  std::unique_ptr<DitGroup> group_;  // the DiT on every rank (null for one device)
   ModelFiles files_;
   std::unique_ptr<TextTokenizer> tokenizer_;
   std::unique_ptr<Umt5Encoder> text_encoder_;

@@ -8,16 +8,14 @@
 // GPU) running Ulysses attention, and the shards' outputs are gathered into one velocity.
 #include <cstdio>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "parallel/planned_attention.h"
-#include "parallel/sequence_attention.h"
-#include "parallel/ulysses_attention.h"
+#include "parallel/sparsity_plan.h"
+#include "worker/engine/dit_group.h"
 #include "worker/engine/pipeline_devices.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/wan_dit.h"
@@ -54,7 +52,6 @@ absl::Status Run() {
   if (!devices.ok()) return absl::InvalidArgumentError(absl::StrCat("--device/--sp: ", devices.status().message()));
   absl::StatusOr<SparsityPlan> plan = SparsityPlanFromPresetOrFile(absl::GetFlag(FLAGS_attention));
   if (!plan.ok()) return plan.status();
-  const int ranks = devices->degrees.ranks();
   Backend* backend = devices->backends[0].get();
   absl::StatusOr<std::unique_ptr<WanDit>> model =
       WanDit::Load(absl::GetFlag(FLAGS_weights), *backend, absl::GetFlag(FLAGS_config));
@@ -92,66 +89,14 @@ absl::Status Run() {
   if (absl::Status valid = (*model)->EncodePrompt(*context).status(); !valid.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(inputs_path, ": \"context\": ", valid.message()));
   }
-  // Every rank runs its token shard; ranks on rank 0's device share its weights.
-  std::vector<std::unique_ptr<WanDit>> others;
-  for (int rank = 1; rank < ranks; ++rank) {
-    Backend& other = *devices->backends[rank];
-    if (other.device() == backend->device()) {
-      others.push_back(std::make_unique<WanDit>(config, (*model)->weights(), other));
-    } else {
-      absl::StatusOr<std::unique_ptr<WanDit>> loaded = WanDit::Load(absl::GetFlag(FLAGS_weights), other,
-                                                                    absl::GetFlag(FLAGS_config));
-      if (!loaded.ok()) return loaded.status();
-      others.push_back(*std::move(loaded));
-    }
-  }
-  std::vector<MeshCommunicators> mesh(ranks);
-  if (ranks > 1) {
-    absl::StatusOr<std::vector<MeshCommunicators>> built = BuildMeshCommunicators(devices->degrees, devices->communicators);
-    if (!built.ok()) return built.status();
-    mesh = *std::move(built);
-  }
-  const TokenGrid grid = (*model)->GridOf(latent->shape());
-  const int64_t columns = config.out_dim * config.patch_t * config.patch_h * config.patch_w;
-  std::vector<absl::Status> statuses(ranks);
-  Tensor velocity;
-  auto run_rank = [&](int rank) {
-    WanDit& dit = rank == 0 ? **model : *others[rank - 1];
-    Backend& device = dit.backend();
-    absl::StatusOr<WanDit::PromptConditioning> prompt = dit.EncodePrompt(*context);
-    if (!prompt.ok()) {
-      statuses[rank] = prompt.status();
-      return;
-    }
-    std::unique_ptr<SequenceAttention> attention;
-    if (ranks > 1) {
-      attention = std::make_unique<UlyssesAttention>(*mesh[rank].sequence, *plan, absl::GetFlag(FLAGS_steps));
-    } else {
-      attention = std::make_unique<PlannedAttention>(*plan, absl::GetFlag(FLAGS_steps));
-    }
-    const ShardRange shard = TokenShard(grid.tokens(), ranks, rank);
-    const Tensor head = dit.ForwardShard(device.Upload(*latent, DType::kF32), dit.EmbedTimestep(t), *prompt,
-                                         shard.begin, shard.count, *attention, step);
-    Tensor tokens = head;
-    if (ranks > 1) {
-      tokens = device.Empty({grid.tokens(), columns}, DType::kF32);
-      std::vector<Tensor> parts;
-      for (int p = 0; p < ranks; ++p) {
-        const ShardRange part = TokenShard(grid.tokens(), ranks, p);
-        parts.push_back(tokens.Rows(part.begin, part.count));
-      }
-      statuses[rank] = mesh[rank].sequence->AllGather(device, head, parts);
-      if (!statuses[rank].ok()) return;
-    }
-    if (rank == 0) velocity = device.ToHost(dit.Unpatchify(tokens, latent->shape()));
-  };
-  std::vector<std::thread> threads;
-  for (int rank = 1; rank < ranks; ++rank) threads.emplace_back(run_rank, rank);
-  run_rank(0);
-  for (std::thread& thread : threads) thread.join();
-  for (int rank = 0; rank < ranks; ++rank) {
-    if (!statuses[rank].ok()) return absl::Status(statuses[rank].code(), absl::StrCat("rank ", rank, ": ", statuses[rank].message()));
-  }
+  const PipelineGroup ranks = devices->group();
+  absl::StatusOr<std::unique_ptr<DitGroup>> group = DitGroup::Create(
+      **model, absl::GetFlag(FLAGS_weights), absl::GetFlag(FLAGS_config), ranks.backends, ranks.degrees,
+      ranks.communicators);
+  if (!group.ok()) return group.status();
+  absl::StatusOr<Tensor> forward = (*group)->Forward(*latent, t, *context, *plan, absl::GetFlag(FLAGS_steps), step);
+  if (!forward.ok()) return forward.status();
+  const Tensor velocity = backend->ToHost(*forward);
   return WriteSafetensors(absl::GetFlag(FLAGS_o), {{"velocity", velocity}});
 }
 
