@@ -52,6 +52,8 @@ ABSL_FLAG(bool, profile, false, "after timing, one more forward with per-operato
 ABSL_FLAG(int, sp, 0, "sequence-parallel ranks (0: the plain one-device forward; 1: the group path on one rank)");
 ABSL_FLAG(std::string, gpus, "", "CUDA: the GPUs of the group, e.g. 0,1");
 ABSL_FLAG(bool, loopback, false, "CUDA: every rank on the first GPU");
+ABSL_FLAG(int32_t, ulysses_chunks, 1,
+          "with --sp > 1: head chunks whose all-to-alls overlap the attention of the previous chunk (1 = no overlap)");
 
 namespace {
 
@@ -136,6 +138,8 @@ absl::Status Run() {
         DitGroup::Create(**model, weights, "", ranks.backends, ranks.degrees, ranks.communicators);
     if (!created.ok()) return created.status();
     group = *std::move(created);
+    if (absl::GetFlag(FLAGS_ulysses_chunks) < 1) return absl::InvalidArgumentError("--ulysses_chunks must be ≥ 1");
+    group->set_ulysses_chunks(absl::GetFlag(FLAGS_ulysses_chunks));
   }
   // One forward, finished on every device.
   double group_density = 1.0;
@@ -192,12 +196,12 @@ absl::Status Run() {
   std::printf(
       "{\"benchmark\": \"dit_forward\", \"config\": \"%s\", \"device\": \"%s\", \"tokens\": %.0f, \"layers\": %lld, "
       "\"attention\": \"%s\", \"step\": %d, \"steps\": %d, \"block_density\": %.4f, \"sequence_parallel\": %d, "
-      "\"loopback\": %s, "
+      "\"loopback\": %s, \"ulysses_chunks\": %d, "
       "\"median_s\": %.4f, \"min_s\": %.4f, \"max_s\": %.4f, \"samples_s\": [%s], \"tflop\": %.1f, \"tflops\": %.1f, "
       "\"timed_forward_cuda_mallocs\": %lld, \"peak_gib\": %.2f}\n",
       config.name.c_str(), (*backend)->name().c_str(), tokens, static_cast<long long>(config.num_layers),
       absl::GetFlag(FLAGS_attention).c_str(), step, steps, group != nullptr ? group_density : attention.mean_block_density(), sequence_ranks,
-      absl::GetFlag(FLAGS_loopback) ? "true" : "false", median, seconds.front(),
+      absl::GetFlag(FLAGS_loopback) ? "true" : "false", absl::GetFlag(FLAGS_ulysses_chunks), median, seconds.front(),
       seconds.back(), sample_list.c_str(), flops / 1e12, flops / median / 1e12, allocations, peak_gib);
   return absl::OkStatus();
 }

@@ -43,6 +43,8 @@ ABSL_FLAG(bool, cfg_parallel, false,
           "run the conditional and unconditional passes on two groups of --sp ranks at once (2 x sp ranks in all)");
 ABSL_FLAG(std::string, gpus, "", "CUDA: the GPUs of the group, one rank each, e.g. 0,1,2,3 (default: --device's)");
 ABSL_FLAG(bool, loopback, false, "CUDA: run every rank on the first GPU (tests and measures the parallel paths)");
+ABSL_FLAG(int32_t, ulysses_chunks, 1,
+          "with --sp > 1: head chunks whose all-to-alls overlap the attention of the previous chunk (1 = no overlap)");
 
 namespace zoetrope {
 namespace {
@@ -108,7 +110,11 @@ absl::Status Generate() {
 
   const auto load_start = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> pipeline =
-      TextToVideoPipeline::LoadGroup(absl::GetFlag(FLAGS_model), devices->group());
+      TextToVideoPipeline::LoadGroup(absl::GetFlag(FLAGS_model), [&] {
+        PipelineGroup group = devices->group();
+        group.ulysses_chunks = absl::GetFlag(FLAGS_ulysses_chunks);
+        return group;
+      }());
   if (!pipeline.ok()) return pipeline.status();
   Backend* backend = devices->backends.front().get();
   const WanDitConfig& config = (*pipeline)->transformer().config();

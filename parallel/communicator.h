@@ -22,12 +22,24 @@
 // Unavailable/Internal for a broken transport. Not thread-safe per rank: one thread drives each rank.
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/backend.h"
 
 namespace zoetrope {
+
+// A collective that has been started and may still be in flight (Communicator::StartAllToAll).
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  // Orders the work issued on `backend` after this call behind the collective (a stream wait on CUDA;
+  // nothing for a collective that already completed) and returns its status. Call it exactly once, with
+  // the backend the collective was started on. The caller keeps the buffers alive until then.
+  virtual absl::Status Wait(Backend& backend) = 0;
+};
 
 class Communicator {
  public:
@@ -42,6 +54,15 @@ class Communicator {
   // local copy). The byte size and dtype of send[p] on rank r must equal those of receive[r] on rank p.
   virtual absl::Status AllToAll(Backend& backend, const std::vector<Tensor>& send,
                                 const std::vector<Tensor>& receive) = 0;
+
+  // The same all-to-all, started so that independent compute can overlap it: the collective is ordered
+  // after the work already issued on `backend`, but work issued after this call is NOT ordered after it
+  // until PendingCollective::Wait. Collectives started on one rank complete in the order they were
+  // started. The default runs AllToAll to completion and returns a finished handle (communicators without
+  // a separate communication stream); the CUDA communicators enqueue on their own stream.
+  virtual absl::StatusOr<std::unique_ptr<PendingCollective>> StartAllToAll(Backend& backend,
+                                                                           const std::vector<Tensor>& send,
+                                                                           const std::vector<Tensor>& receive);
 
   // All-gather with a variable size per rank (MPI_Allgatherv): receive[p] gets rank p's `send`, on every
   // rank; receive holds size() tensors, receive[p] the byte size and dtype of rank p's send.

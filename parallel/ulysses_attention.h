@@ -22,6 +22,13 @@
 // no heads: they still take part in both all-to-alls (sending their tokens, receiving their share of the
 // output) and skip the kernel.
 //
+// Overlap (head chunks): with head_chunks = C > 1 the heads are split into C contiguous chunks, each an
+// independent Ulysses problem, and the chunks are pipelined: chunk c+1's all-to-all is started before
+// chunk c's attention runs, and chunk c's output all-to-all runs while chunk c+1 computes. On a
+// communicator with its own stream (NCCL, CUDA loopback) the transfers then overlap the attention kernels;
+// on the in-process CPU one they simply run in turn. Results are the same for every C (each head still
+// sees every key; only the ranks' head assignment changes).
+//
 // Not thread-safe: one instance per rank thread, called in the same order on every rank of the group
 // (it issues two collectives per call). A failed collective is a broken group, not bad input: it aborts
 // with the communicator's error.
@@ -64,11 +71,11 @@ SparsityPlan PlanForHeads(const SparsityPlan& plan, ShardRange heads);
 
 class UlyssesAttention final : public SequenceAttention {
  public:
-  // Dense attention. `communicator` is this rank's and must outlive the instance.
-  explicit UlyssesAttention(Communicator& communicator);
+  // Dense attention. `communicator` is this rank's and must outlive the instance; head_chunks ≥ 1 (above).
+  explicit UlyssesAttention(Communicator& communicator, int head_chunks = 1);
   // Plan-driven attention: `plan` and `steps` as for PlannedAttention (validated against the model's
   // global head count); each rank runs its heads' part of it.
-  UlyssesAttention(Communicator& communicator, SparsityPlan plan, int steps);
+  UlyssesAttention(Communicator& communicator, SparsityPlan plan, int steps, int head_chunks = 1);
   ~UlyssesAttention() override;
 
   // q, k, v: this rank's token shard [TokenShard(site.grid.tokens(), P, rank).count, H, d] (RoPE applied),
@@ -85,20 +92,32 @@ class UlyssesAttention final : public SequenceAttention {
   int64_t calls() const { return calls_; }
 
  private:
-  // Row orders of the three GatherRows of a call, over rows of d elements (so any head dim shares them),
+  // One head chunk: global heads [heads.begin, +count), of which peer p computes the chunk-relative
+  // HeadShard(heads.count, P, p).
+  struct Chunk {
+    ShardRange heads;
+    ShardRange own;   // this rank's heads, chunk-relative
+    Tensor pack;      // I32 [3·L_r·H_c]: stacked q|k|v [3, L_r, H] -> peer pieces [P][3, L_r, H_c,p]
+    Tensor unpack;    // I32 [3·L·H_c,r]: received pieces [P][3, L_p, H_c,r] -> [3, L, H_c,r]
+  };
+  // Row orders of the GatherRows of a call, over rows of d elements (so any head dim shares them),
   // uploaded once per (tokens, heads).
   struct Orders {
-    Tensor pack;      // I32 [3·L_r·H]: stacked q|k|v [3, L_r, H] -> peer chunks [P][3, L_r, H_p]
-    Tensor unpack;    // I32 [3·L·H_r]: received chunks [P][3, L_p, H_r] -> [3, L, H_r]
-    Tensor assemble;  // I32 [L_r·H]: returned chunks [P][L_r, H_p] -> [L_r, H]
+    std::vector<Chunk> chunks;
+    Tensor assemble;  // I32 [L_r·H]: returned pieces, chunk-major then [P][L_r, H_c,p] -> [L_r, H]
   };
   const Orders& OrdersFor(Backend& backend, int64_t tokens, int64_t heads);
+  // This rank's heads over all chunks.
+  int64_t LocalHeads() const;
 
   Communicator& communicator_;
   std::optional<SparsityPlan> plan_;
   int steps_ = 0;
-  int64_t heads_ = 0;                        // global head count, fixed by the first call
-  std::unique_ptr<PlannedAttention> inner_;  // for the rank's heads, when there is a plan and heads
+  int head_chunks_ = 1;
+  int64_t heads_ = 0;  // global head count, fixed by the first call
+  // Per chunk, for the rank's heads of that chunk, when there is a plan and heads.
+  std::vector<std::unique_ptr<PlannedAttention>> inner_;
+  std::vector<int64_t> inner_heads_;  // their head counts
   std::map<std::pair<int64_t, int64_t>, Orders> orders_;
   int64_t calls_ = 0;
 };

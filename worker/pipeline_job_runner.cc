@@ -45,7 +45,11 @@ absl::StatusOr<std::unique_ptr<PipelineJobRunner>> PipelineJobRunner::Create(con
 
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> pipeline =
-      TextToVideoPipeline::LoadGroup(options.model_path, runner->devices_.group());
+      TextToVideoPipeline::LoadGroup(options.model_path, [&] {
+        PipelineGroup group = runner->devices_.group();
+        group.ulysses_chunks = options.ulysses_chunks;
+        return group;
+      }());
   if (!pipeline.ok()) return pipeline.status();
   runner->pipeline_ = std::move(*pipeline);
   runner->load_seconds_ = SecondsSince(start);

@@ -29,6 +29,7 @@ struct PipelineOptions {
   int sequence_parallel = 1;
   bool cfg_parallel = false;
   bool loopback = false;
+  int ulysses_chunks = 1;  // head chunks overlapping the all-to-alls (parallel/ulysses_attention.h)
   // Largest latent token count accepted; 0 picks the default (720p, 81 frames).
   int64_t max_tokens = 0;
   // Latent frames per VAE decode chunk (memory bound; 0 = all at once).

@@ -34,6 +34,8 @@ ABSL_FLAG(int32_t, sp, 1, "sequence-parallel (Ulysses) degree: ranks per CFG gro
 ABSL_FLAG(bool, cfg_parallel, false,
           "conditional and unconditional passes on two groups of --sp ranks at once (--gpus lists 2 x sp GPUs)");
 ABSL_FLAG(bool, loopback, false, "CUDA: every rank on the first GPU (testing the parallel paths on one GPU)");
+ABSL_FLAG(int32_t, ulysses_chunks, 1,
+          "with --sp > 1: head chunks whose all-to-alls overlap the attention of the previous chunk (1 = no overlap)");
 ABSL_FLAG(int64_t, vae_chunk_frames, 1, "latent frames per VAE decode chunk (bounds memory; 0 = all at once)");
 ABSL_FLAG(std::string, attention, "dense",
           "sparsity plan of requests that name none: a preset (dense, radial, attention-tile, sliding-tile) or a "
@@ -70,6 +72,7 @@ int WorkerMain() {
   pipeline.sequence_parallel = absl::GetFlag(FLAGS_sp);
   pipeline.cfg_parallel = absl::GetFlag(FLAGS_cfg_parallel);
   pipeline.loopback = absl::GetFlag(FLAGS_loopback);
+  pipeline.ulysses_chunks = absl::GetFlag(FLAGS_ulysses_chunks);
   absl::StatusOr<std::vector<int>> gpus = ParseGpuList(absl::GetFlag(FLAGS_gpus));
   if (!gpus.ok()) {
     std::fprintf(stderr, "zoetrope-worker: %s\n", std::string(gpus.status().message()).c_str());

@@ -19,7 +19,7 @@ carry=$root/build-cuda-carry
 cmake -S "$root" -B "$build" -G Ninja -DZOETROPE_CUDA=ON >/dev/null
 binaries=(cuda_backend_test zoetrope-dit-bench zoetrope-attention-bench zoetrope-attention-plan
           zoetrope-attention-fidelity)
-$pipeline && binaries+=(zoetrope zoetrope-mkweights zoetrope-mkweights-text zoetrope-mkweights-vae)
+$pipeline && binaries+=(zoetrope zoetrope-dit zoetrope-mkweights zoetrope-mkweights-text zoetrope-mkweights-vae)
 ninja -C "$build" -j2 "${binaries[@]}"
 rm -rf "$carry"
 mkdir -p "$carry/bin"

@@ -212,7 +212,7 @@ class UlyssesDitTest : public ::testing::Test {
 
   // One rank's forward of its shard; ranks = 0 means one device with the plain attention classes.
   static void ForwardRank(const std::string& weights, const Shape& latent_shape, const SparsityPlan* plan, int steps,
-                          int step, Communicator* communicator, Run& run) {
+                          int step, Communicator* communicator, Run& run, int head_chunks = 1) {
     std::unique_ptr<Backend> backend = CreateCpuBackend(1);
     auto model = WanDit::Load(weights, *backend);
     ASSERT_TRUE(model.ok()) << model.status();
@@ -236,9 +236,9 @@ class UlyssesDitTest : public ::testing::Test {
       return;
     }
     const int ranks = communicator->size(), rank = communicator->rank();
-    std::unique_ptr<UlyssesAttention> attention = plan != nullptr
-                                                      ? std::make_unique<UlyssesAttention>(*communicator, *plan, steps)
-                                                      : std::make_unique<UlyssesAttention>(*communicator);
+    std::unique_ptr<UlyssesAttention> attention =
+        plan != nullptr ? std::make_unique<UlyssesAttention>(*communicator, *plan, steps, head_chunks)
+                        : std::make_unique<UlyssesAttention>(*communicator, head_chunks);
     const ShardRange shard = TokenShard(tokens, ranks, rank);
     const Tensor out =
         backend->ToHost((*model)->ForwardShard(latent, timestep, *prompt, shard.begin, shard.count, *attention, step));
@@ -258,20 +258,22 @@ class UlyssesDitTest : public ::testing::Test {
 
   // Compares P = each of `rank_counts` with one device; returns the one-device run.
   static Run CheckAgainstOneDevice(const std::string& model, const Shape& latent_shape, const SparsityPlan* plan,
-                                   int steps, int step, const std::vector<int>& rank_counts) {
+                                   int steps, int step, const std::vector<int>& rank_counts, int head_chunks = 1) {
     Run reference;
     ForwardRank(Weights(model), latent_shape, plan, steps, step, nullptr, reference);
     for (int ranks : rank_counts) {
       std::vector<Run> runs(ranks);
       RunRanks(ranks, [&](Communicator& communicator) {
-        ForwardRank(Weights(model), latent_shape, plan, steps, step, &communicator, runs[communicator.rank()]);
+        ForwardRank(Weights(model), latent_shape, plan, steps, step, &communicator, runs[communicator.rank()],
+                    head_chunks);
       });
       const double error = test::RelativeL2(reference.head_tokens, runs[0].head_tokens);
       EXPECT_LE(error, 1e-6) << model << ", " << ranks << " ranks, latent " << ShapeToString(latent_shape);
       EXPECT_NEAR(runs[0].density, reference.density, 1e-6) << ranks << " ranks";
       for (int rank = 1; rank < ranks; ++rank) EXPECT_EQ(runs[rank].head_tokens, runs[0].head_tokens);
-      std::printf("[ulysses] %s latent %s, %d ranks: relative L2 %.3g, density %.4f (one device %.4f)\n", model.c_str(),
-                  ShapeToString(latent_shape).c_str(), ranks, error, runs[0].density, reference.density);
+      std::printf("[ulysses] %s latent %s, %d ranks, %d head chunks: relative L2 %.3g, density %.4f (one device %.4f)\n",
+                  model.c_str(), ShapeToString(latent_shape).c_str(), ranks, head_chunks, error, runs[0].density,
+                  reference.density);
     }
     return reference;
   }
@@ -316,6 +318,27 @@ rules:
   ASSERT_TRUE(plan->Validate(2, 5, 50).ok());
   const Run reference = CheckAgainstOneDevice("five-heads", kLargeLatent, &*plan, 50, 20, {2, 3, 4});
   EXPECT_LT(reference.density, 1.0);
+}
+
+// Head chunks pipeline the all-to-alls against the attention (overlap on CUDA); the result must not change:
+// 5 heads in 2 and 3 chunks (chunks of 3+2 and 2+2+1 heads, some ranks without heads in a chunk), dense and
+// with the per-head plan.
+TEST_F(UlyssesDitTest, HeadChunksGiveTheSameResult) {
+  CheckAgainstOneDevice("five-heads", kOddLatent, nullptr, 50, 20, {2, 3}, /*head_chunks=*/2);
+  auto plan = ParseSparsityPlan(R"(
+rules:
+  - heads: [1, 2]
+    mode: radial
+  - heads: 4
+    mode: attention-tile
+    reference_frames: 2
+)",
+                                "per-head");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const Run reference = CheckAgainstOneDevice("five-heads", kLargeLatent, &*plan, 50, 20, {2, 3}, /*head_chunks=*/3);
+  EXPECT_LT(reference.density, 1.0);
+  // More chunks than heads: one head per chunk.
+  CheckAgainstOneDevice("tiny", kOddLatent, nullptr, 50, 20, {2}, /*head_chunks=*/4);
 }
 
 }  // namespace

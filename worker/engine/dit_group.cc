@@ -70,7 +70,7 @@ absl::StatusOr<Tensor> DitGroup::Forward(const Tensor& latent, double timestep, 
     std::unique_ptr<SequenceAttention> attention;
     UlyssesAttention* ulysses = nullptr;
     if (sequence != nullptr) {
-      auto made = std::make_unique<UlyssesAttention>(*sequence, plan, steps);
+      auto made = std::make_unique<UlyssesAttention>(*sequence, plan, steps, ulysses_chunks_);
       ulysses = made.get();
       attention = std::move(made);
     } else {

@@ -32,6 +32,10 @@ class DitGroup {
   const ParallelDegrees& degrees() const { return degrees_; }
   WanDit& model(int rank) { return rank == 0 ? first_ : *others_[rank - 1]; }
   MeshCommunicators& communicators(int rank) { return mesh_[rank]; }
+  // Head chunks of the Ulysses attention (parallel/ulysses_attention.h: > 1 pipelines the all-to-alls
+  // against the attention kernels).
+  int ulysses_chunks() const { return ulysses_chunks_; }
+  void set_ulysses_chunks(int chunks) { ulysses_chunks_ = chunks; }
 
   // Runs body(rank) for every rank at once, rank 0 on the calling thread; waits for all. Returns the first
   // failure in rank order, prefixed with its rank (rank 0's as it is).
@@ -51,6 +55,7 @@ class DitGroup {
   ParallelDegrees degrees_;
   std::vector<std::unique_ptr<WanDit>> others_;
   std::vector<MeshCommunicators> mesh_;
+  int ulysses_chunks_ = 1;
 };
 
 }  // namespace zoetrope

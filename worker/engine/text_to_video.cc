@@ -115,6 +115,10 @@ absl::StatusOr<std::unique_ptr<TextToVideoPipeline>> TextToVideoPipeline::LoadGr
   absl::StatusOr<std::unique_ptr<DitGroup>> dit_group = DitGroup::Create(
       *loaded.transformer_, loaded.files_.transformer, "", group.backends, group.degrees, group.communicators);
   if (!dit_group.ok()) return dit_group.status();
+  if (group.ulysses_chunks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("Ulysses head chunks must be ≥ 1 (got ", group.ulysses_chunks, ")"));
+  }
+  (*dit_group)->set_ulysses_chunks(group.ulysses_chunks);
   loaded.group_ = *std::move(dit_group);
   return pipeline;
 }
@@ -145,7 +149,8 @@ absl::StatusOr<Tensor> TextToVideoPipeline::DenoiseOnGroup(
     std::unique_ptr<SequenceAttention> attention;
     UlyssesAttention* ulysses = nullptr;
     if (communicators.sequence != nullptr) {
-      auto made = std::make_unique<UlyssesAttention>(*communicators.sequence, plan, parameters.steps);
+      auto made = std::make_unique<UlyssesAttention>(*communicators.sequence, plan, parameters.steps,
+                                                     group_->ulysses_chunks());
       ulysses = made.get();
       attention = std::move(made);
     } else {

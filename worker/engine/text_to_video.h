@@ -70,6 +70,7 @@ struct PipelineGroup {
   std::vector<Backend*> backends;  // degrees.ranks() backends, rank order; each outlives the pipeline
   ParallelDegrees degrees;
   CommunicatorFactory communicators;  // makes the mesh's subgroups (parallel/parallel_mesh.h)
+  int ulysses_chunks = 1;             // head chunks overlapping the all-to-alls (parallel/ulysses_attention.h)
 };
 
 // Every rule a request must satisfy, with the field named (width and height multiples of 16 within

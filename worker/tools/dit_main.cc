@@ -29,6 +29,8 @@ ABSL_FLAG(int32_t, threads, 0, "CPU threads in all (0 = all cores)");
 ABSL_FLAG(int32_t, sp, 1, "sequence-parallel ranks (CPU: threads; CUDA: the GPUs of --gpus, or --loopback)");
 ABSL_FLAG(std::string, gpus, "", "CUDA: the GPUs of the group, e.g. 0,1");
 ABSL_FLAG(bool, loopback, false, "CUDA: every rank on the first GPU");
+ABSL_FLAG(int32_t, ulysses_chunks, 1,
+          "with --sp > 1: head chunks whose all-to-alls overlap the attention of the previous chunk (1 = no overlap)");
 ABSL_FLAG(std::string, attention, "dense", "self-attention plan: a preset (dense, radial, ...) or a plan YAML file");
 ABSL_FLAG(int32_t, step, 0, "denoising step the forward stands for (plans choose per step)");
 ABSL_FLAG(int32_t, steps, 50, "denoising steps of the run the plan is for");
@@ -94,6 +96,8 @@ absl::Status Run() {
       **model, absl::GetFlag(FLAGS_weights), absl::GetFlag(FLAGS_config), ranks.backends, ranks.degrees,
       ranks.communicators);
   if (!group.ok()) return group.status();
+  if (absl::GetFlag(FLAGS_ulysses_chunks) < 1) return absl::InvalidArgumentError("--ulysses_chunks must be ≥ 1");
+  (*group)->set_ulysses_chunks(absl::GetFlag(FLAGS_ulysses_chunks));
   absl::StatusOr<Tensor> forward = (*group)->Forward(*latent, t, *context, *plan, absl::GetFlag(FLAGS_steps), step);
   if (!forward.ok()) return forward.status();
   const Tensor velocity = backend->ToHost(*forward);
