@@ -136,6 +136,41 @@ TEST(ParallelGeneration, CancellationStopsEveryRank) {
   EXPECT_TRUE((*pipeline)->Generate(Request(112, 48, 9)).ok());
 }
 
+// The preview hook gets the predicted clean latent x̂0 = x_t − σ_t·v every K steps, on rank 0 only, the same
+// on a group as on one device; the last step is never previewed (the result follows).
+TEST(ParallelGeneration, PreviewsOfThePredictedLatentOnOneDeviceAndOnAGroup) {
+  GenerationParameters parameters = Request(112, 48, 9);
+  parameters.steps = 5;
+  parameters.preview_every = 2;
+  std::vector<std::pair<int, std::vector<float>>> previews[2];
+  for (int sequence : {1, 3}) {
+    DeviceRequest request;
+    request.sequence_parallel = sequence;
+    request.cfg_parallel = sequence > 1;
+    absl::StatusOr<PipelineDevices> devices = CreatePipelineDevices(request);
+    ASSERT_TRUE(devices.ok()) << devices.status();
+    auto pipeline = TextToVideoPipeline::LoadGroup(kModel, devices->group());
+    ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+    auto& seen = previews[sequence > 1];
+    Backend& backend = *devices->backends[0];
+    auto result = (*pipeline)->Generate(parameters, nullptr, nullptr, nullptr, [&](int step, const Tensor& latent) {
+      seen.emplace_back(step, ToFloatVector(backend.ToHost(latent)));
+    });
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(seen.size(), 2u) << sequence;
+    EXPECT_EQ(seen[0].first, 2);
+    EXPECT_EQ(seen[1].first, 4);
+    EXPECT_EQ(seen[1].second.size(), static_cast<size_t>(result->latent.numel()));
+    // Late previews approach the final latent: the prediction at step 4 of 5 is closer than at step 2.
+    const double early = test::RelativeL2(ToFloatVector(result->latent), seen[0].second);
+    const double late = test::RelativeL2(ToFloatVector(result->latent), seen[1].second);
+    EXPECT_LT(late, early) << sequence;
+  }
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_LE(test::RelativeL2(previews[0][i].second, previews[1][i].second), 1e-6) << "preview " << i;
+  }
+}
+
 TEST(ParallelGeneration, ImpossibleConfigurationsAreClearErrors) {
   DeviceRequest request;
   request.sequence_parallel = 0;

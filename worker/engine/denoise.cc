@@ -33,6 +33,25 @@ Tensor HostNoise(const Shape& latent_shape, uint64_t seed) {
   return noise;
 }
 
+// Token shards (head order) of every sequence rank -> the latent F32 [C, F, H, W], on every rank.
+absl::StatusOr<Tensor> GatherLatent(WanDit& model, const Tensor& shard, const Shape& latent_shape,
+                                    Communicator* sequence) {
+  if (sequence == nullptr || sequence->size() == 1) return model.Unpatchify(shard, latent_shape);
+  Backend& backend = model.backend();
+  const TokenGrid grid = model.GridOf(latent_shape);
+  const int ranks = sequence->size();
+  const Tensor tokens = backend.Empty({grid.tokens(), shard.dim(1)}, DType::kF32);
+  std::vector<Tensor> parts;
+  for (int p = 0; p < ranks; ++p) {
+    const ShardRange part = TokenShard(grid.tokens(), ranks, p);
+    parts.push_back(tokens.Rows(part.begin, part.count));
+  }
+  if (absl::Status gathered = sequence->AllGather(backend, shard, parts); !gathered.ok()) {
+    return absl::Status(gathered.code(), absl::StrCat("gathering the latent: ", gathered.message()));
+  }
+  return model.Unpatchify(tokens, latent_shape);
+}
+
 }  // namespace
 
 Tensor InitialNoise(Backend& backend, const Shape& latent_shape, uint64_t seed) {
@@ -121,7 +140,17 @@ absl::StatusOr<Tensor> Denoise(WanDit& model, SequenceAttention& attention, cons
       }
       velocity = guided ? ApplyGuidance(backend, passes[0], passes[1], options.guidance) : passes[0];
     }
+    const bool preview_now = options.preview_every > 0 && (i + 1) % options.preview_every == 0 && i + 1 < options.steps;
+    // The prediction uses this step's input sample and velocity: x̂0 = x_i − σ_i·v_i.
+    const Tensor predicted =
+        preview_now ? backend.Combine({{1.0, &sample}, {-static_cast<double>(schedule.sigmas[i]), &velocity}}) : Tensor();
     sample = (*sampler)->Step(backend, i, velocity, sample);
+    // The unconditional CFG group holds the same sample as the conditional one: only group 0 gathers.
+    if (preview_now && (cfg_pass <= 0)) {
+      absl::StatusOr<Tensor> latent = GatherLatent(model, predicted, options.latent_shape, group.sequence);
+      if (!latent.ok()) return latent.status();
+      if (group.rank == 0 && options.preview) options.preview(i + 1, *latent);
+    }
     if (progress) {
       backend.Synchronize();  // so the reported step time is the device's, not the launch time
       DenoiseProgress report;
@@ -133,19 +162,7 @@ absl::StatusOr<Tensor> Denoise(WanDit& model, SequenceAttention& attention, cons
     }
   }
   // The shards become the whole token matrix once, then the latent.
-  Tensor tokens = sample;
-  if (ranks > 1) {
-    tokens = backend.Empty({grid.tokens(), columns}, DType::kF32);
-    std::vector<Tensor> parts;
-    for (int p = 0; p < ranks; ++p) {
-      const ShardRange part = TokenShard(grid.tokens(), ranks, p);
-      parts.push_back(tokens.Rows(part.begin, part.count));
-    }
-    if (absl::Status gathered = group.sequence->AllGather(backend, sample, parts); !gathered.ok()) {
-      return absl::Status(gathered.code(), absl::StrCat("gathering the latent: ", gathered.message()));
-    }
-  }
-  return model.Unpatchify(tokens, options.latent_shape);
+  return GatherLatent(model, sample, options.latent_shape, group.sequence);
 }
 
 }  // namespace zoetrope

@@ -29,6 +29,12 @@ struct DenoiseOptions {
   double guidance = 5.0;  // 1 runs the conditional pass only (identical result, half the work)
   SamplerKind sampler = SamplerKind::kUniPC;
   uint64_t seed = 0;
+  // Live previews: after every `preview_every`-th step (0: never; never after the last step), `preview` is
+  // called with the step count and the sampler's current prediction of the clean latent,
+  // x̂0 = x_t − σ_t·v (flow matching), F32 [16, F, H, W] on the model's device. On a group the shards are
+  // gathered for it and only rank 0 calls it (every rank of the group must pass the same preview_every).
+  int preview_every = 0;
+  std::function<void(int step, const Tensor& predicted_latent)> preview;
 };
 
 struct DenoiseProgress {

@@ -54,6 +54,9 @@ absl::Status ValidateGenerationParameters(const GenerationParameters& parameters
   if (parameters.vae_chunk_frames < 0) {
     return FieldError("vae_chunk_frames", "be ≥ 0", absl::StrCat(parameters.vae_chunk_frames));
   }
+  if (parameters.preview_every < 0) {
+    return FieldError("preview_every", "be ≥ 0 (0: no previews)", absl::StrCat(parameters.preview_every));
+  }
   absl::StatusOr<SparsityPlan> plan =
       SparsityPlanFromPresetOrText(parameters.attention, parameters.attention_source);
   if (!plan.ok()) return plan.status();
@@ -181,7 +184,8 @@ absl::StatusOr<Tensor> TextToVideoPipeline::DenoiseOnGroup(
 
 absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
     const GenerationParameters& parameters, const std::function<void(const GenerationProgress&)>& progress,
-    const std::atomic<bool>* cancelled, SequenceAttention* attention_override) {
+    const std::atomic<bool>* cancelled, SequenceAttention* attention_override,
+    const std::function<void(int step, const Tensor& predicted_latent)>& preview) {
   if (absl::Status valid = ValidateGenerationParameters(parameters); !valid.ok()) return valid;
   const WanDitConfig& dit = transformer_->config();
   absl::StatusOr<SparsityPlan> plan =
@@ -239,6 +243,10 @@ absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
   options.guidance = parameters.guidance;
   options.sampler = parameters.sampler;
   options.seed = parameters.seed;
+  if (preview) {
+    options.preview_every = parameters.preview_every;
+    options.preview = preview;
+  }
   auto step_progress = [&](const DenoiseProgress& step) {
     if (!progress) return;
     GenerationProgress update;

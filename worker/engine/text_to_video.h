@@ -43,6 +43,9 @@ struct GenerationParameters {
   std::string attention = "dense";
   // What errors about the plan call it: the plan file's path, a preset's name, or the request field.
   std::string attention_source = "attention";
+  // Live previews: every this many steps Generate's `preview` callback gets the predicted clean latent
+  // (DenoiseOptions::preview_every; 0 = none).
+  int preview_every = 0;
 };
 
 enum class GenerationPhase { kEncodingText, kDenoising, kDecoding };
@@ -98,10 +101,12 @@ class TextToVideoPipeline {
   // denoising step; `cancelled` (may be null) stops at the next step with CANCELLED. `attention` (may be
   // null) replaces the self-attention that parameters.attention describes (tools that observe or compare
   // attention pass their own; the plan in `parameters` is still validated; one device only).
-  absl::StatusOr<GenerationResult> Generate(const GenerationParameters& parameters,
-                                            const std::function<void(const GenerationProgress&)>& progress = nullptr,
-                                            const std::atomic<bool>* cancelled = nullptr,
-                                            SequenceAttention* attention = nullptr);
+  // `preview` (may be null) receives the predicted clean latent every parameters.preview_every steps
+  // (F32 [16, F, H/8, W/8] on rank 0's device, valid during the call).
+  absl::StatusOr<GenerationResult> Generate(
+      const GenerationParameters& parameters, const std::function<void(const GenerationProgress&)>& progress = nullptr,
+      const std::atomic<bool>* cancelled = nullptr, SequenceAttention* attention = nullptr,
+      const std::function<void(int step, const Tensor& predicted_latent)>& preview = nullptr);
 
  private:
   TextToVideoPipeline(Backend& backend) : backend_(backend) {}
