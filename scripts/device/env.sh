@@ -6,7 +6,7 @@
 # (8 files at most come back from $OUT: keep bench-results small and pack logs/ into one archive.)
 carry=${ZOETROPE_CARRY:-build-cuda-carry}
 nvidia_pip=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
-export LD_LIBRARY_PATH=$PWD/$carry/lib:$nvidia_pip/cu13/lib:$nvidia_pip/nccl/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=$PWD/$carry/lib:$nvidia_pip/cu13/lib:$nvidia_pip/nccl/lib:$nvidia_pip/cudnn/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export ZOETROPE_COMMIT=${ZOETROPE_COMMIT:-$(cat "$carry/commit" 2>/dev/null || echo unknown)}
 export PYTHONUNBUFFERED=1
 export OUT=${OUT:-/tmp/zoetrope-out}
