@@ -24,6 +24,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cli/client_channel.h"
 #include "cli/service_flags.h"
 #include "common/progress_bar.h"
 #include "common/sha256.h"
@@ -50,6 +51,8 @@ ABSL_DECLARE_FLAG(std::string, output);
 ABSL_DECLARE_FLAG(std::string, attention);
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "scheduler address (host:port); $ZOETROPE_SERVER overrides the default");
+ABSL_FLAG(std::string, token, "", "bearer token of your tenant (docs/security.md); $ZOETROPE_TOKEN when not given");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the scheduler's TLS certificate (empty: plaintext); $ZOETROPE_TLS_CA");
 ABSL_FLAG(std::string, negative_prompt, "", "what the video should not show");
 ABSL_FLAG(int32_t, fps, 16, "frames per second of the video");
 ABSL_FLAG(std::string, priority, "normal", "priority class: low, normal or high");
@@ -87,8 +90,24 @@ std::string ServerAddress() {
   return absl::GetFlag(FLAGS_server);
 }
 
+// The flag, else the environment variable (a token in a flag shows in `ps`: prefer the variable).
+std::string FlagOrEnvironment(const char* flag, const std::string& value, const char* variable) {
+  if (Specified(flag)) return value;
+  const char* environment = std::getenv(variable);
+  return environment != nullptr ? environment : "";
+}
+
+// Null, after printing why, when the TLS CA cannot be read.
 std::unique_ptr<v1::VideoService::Stub> Connect() {
-  return v1::VideoService::NewStub(grpc::CreateChannel(ServerAddress(), grpc::InsecureChannelCredentials()));
+  ClientSecurity security;
+  security.token = FlagOrEnvironment("token", absl::GetFlag(FLAGS_token), "ZOETROPE_TOKEN");
+  security.tls_ca_file = FlagOrEnvironment("tls_ca", absl::GetFlag(FLAGS_tls_ca), "ZOETROPE_TLS_CA");
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeClientChannel(ServerAddress(), security);
+  if (!channel.ok()) {
+    std::fprintf(stderr, "zoetrope: %s\n", std::string(channel.status().message()).c_str());
+    return nullptr;
+  }
+  return v1::VideoService::NewStub(*channel);
 }
 
 void SetCallDeadline(grpc::ClientContext& context) {
@@ -360,6 +379,7 @@ int RunSubmitCommand(int argc, char** argv) {
     return 2;
   }
   std::unique_ptr<v1::VideoService::Stub> stub = Connect();
+  if (stub == nullptr) return 2;
   if (absl::GetFlag(FLAGS_watch) && !absl::GetFlag(FLAGS_json)) return WatchUntilDone(*stub, "", &*request);
   grpc::ClientContext context;
   SetCallDeadline(context);
@@ -381,6 +401,7 @@ int RunWatchCommand(int argc, char** argv) {
   const std::string id = SingleJobId(absl::ParseCommandLine(argc, argv), "watch");
   if (id.empty()) return 2;
   std::unique_ptr<v1::VideoService::Stub> stub = Connect();
+  if (stub == nullptr) return 2;
   return WatchUntilDone(*stub, id);
 }
 
@@ -388,6 +409,7 @@ int RunGetCommand(int argc, char** argv) {
   const std::string id = SingleJobId(absl::ParseCommandLine(argc, argv), "get");
   if (id.empty()) return 2;
   std::unique_ptr<v1::VideoService::Stub> stub = Connect();
+  if (stub == nullptr) return 2;
   grpc::ClientContext context;
   SetCallDeadline(context);
   v1::GetJobRequest request;
@@ -418,6 +440,7 @@ int RunListCommand(int argc, char** argv) {
   request.set_page_size(absl::GetFlag(FLAGS_page_size));
   request.set_page_token(absl::GetFlag(FLAGS_page_token));
   std::unique_ptr<v1::VideoService::Stub> stub = Connect();
+  if (stub == nullptr) return 2;
   const bool json = absl::GetFlag(FLAGS_json);
   if (!json) std::printf("%-29s %-10s %-16s %-26s %s\n", "ID", "STATE", "MODEL", "PROGRESS", "PROMPT");
   v1::ListJobsResponse all_pages;
@@ -455,6 +478,7 @@ int RunCancelCommand(int argc, char** argv) {
   const std::string id = SingleJobId(absl::ParseCommandLine(argc, argv), "cancel");
   if (id.empty()) return 2;
   std::unique_ptr<v1::VideoService::Stub> stub = Connect();
+  if (stub == nullptr) return 2;
   grpc::ClientContext context;
   SetCallDeadline(context);
   v1::CancelJobRequest request;
@@ -470,6 +494,7 @@ int RunFetchCommand(int argc, char** argv) {
   const std::string id = SingleJobId(absl::ParseCommandLine(argc, argv), "fetch");
   if (id.empty()) return 2;
   std::unique_ptr<v1::VideoService::Stub> stub = Connect();
+  if (stub == nullptr) return 2;
   v1::Job job;
   {
     grpc::ClientContext context;

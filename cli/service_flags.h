@@ -9,6 +9,8 @@
 #include "absl/time/time.h"
 
 ABSL_DECLARE_FLAG(std::string, server);
+ABSL_DECLARE_FLAG(std::string, token);
+ABSL_DECLARE_FLAG(std::string, tls_ca);
 ABSL_DECLARE_FLAG(std::string, negative_prompt);
 ABSL_DECLARE_FLAG(int32_t, fps);
 ABSL_DECLARE_FLAG(std::string, priority);

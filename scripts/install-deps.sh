@@ -18,6 +18,8 @@ packages=(
   prometheus-cpp-dev libyaml-cpp-dev libsqlite3-dev libssl-dev
   # service tests: a Python gRPC client (stubs generated at test time) and a real Prometheus + promtool
   python3-grpcio python3-grpc-tools prometheus
+  # clients/python build (setuptools) and the deploy/kubernetes render test (kubectl itself is not a Debian package)
+  python3-setuptools python3-protobuf python3-yaml
   # tests
   libgtest-dev libgmock-dev python3 python3-torch python3-numpy ffmpeg
 )

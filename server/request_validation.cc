@@ -6,6 +6,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/descriptor.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "parallel/sparsity_plan.h"
 
@@ -174,6 +176,12 @@ absl::StatusOr<v1::SubmitJobRequest> ValidateAndResolve(const v1::SubmitJobReque
     }
     resolved.set_model(context.default_model);
   } else if (context.is_known_model && !context.is_known_model(request.model())) {
+    if (!context.workers_connected) {
+      return absl::UnavailableError(absl::StrCat("model: \"", request.model(),
+                                                 "\" is not known yet and no worker is connected: retry later "
+                                                 "(known: ", context.known_models ? context.known_models() : "",
+                                                 ")"));
+    }
     return Invalid("model", absl::StrCat("unknown model \"", request.model(), "\" (known: ",
                                          context.known_models ? context.known_models() : "", ")"));
   }
@@ -281,6 +289,17 @@ absl::StatusOr<v1::SubmitJobRequest> ValidateAndResolve(const v1::SubmitJobReque
     }
   }
   return resolved;
+}
+
+std::string DeterministicFingerprint(const v1::SubmitJobRequest& request) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream stream(&bytes);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    request.SerializePartialToCodedStream(&coded);
+  }
+  return bytes;
 }
 
 }  // namespace zoetrope::server

@@ -45,6 +45,9 @@ struct ValidationContext {
   std::function<bool(const std::string&)> is_known_model;
   // Describes the known models for the error message ("tiny, wan2.1-t2v-1.3b").
   std::function<std::string()> known_models;
+  // False while no worker is connected and no model is configured (say right after a restart): a model
+  // no one has announced may still arrive, so an unknown model is UNAVAILABLE (retry), not INVALID_ARGUMENT.
+  bool workers_connected = true;
   // Largest latent token count accepted (F_latent · H/16 · W/16).
   int64_t max_tokens = 0;
 };
@@ -66,6 +69,11 @@ bool IsValidUtf8(absl::string_view text, size_t* error_offset = nullptr);
 
 // Latent tokens of a video: ((frames − 1)/4 + 1) · (height/16) · (width/16).
 int64_t LatentTokens(int64_t width, int64_t height, int64_t frames);
+
+// The idempotency fingerprint of a request as the client sent it: protobuf's deterministic serialization
+// (map entries sorted by key), so the same request always gives the same bytes, whatever the order in
+// which a map was filled or the process that serialized it.
+std::string DeterministicFingerprint(const zoetrope::v1::SubmitJobRequest& request);
 
 // Checks every rule and returns the request with defaults filled in (model, sizes, steps, guidance,
 // shift, sampler, priority, output format).

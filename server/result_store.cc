@@ -142,6 +142,16 @@ absl::StatusOr<StoredResult> ResultStore::Commit(const std::string& job_id, int 
   if (::rename(partial.c_str(), final_path.c_str()) != 0) {
     return absl::UnavailableError(absl::StrCat("result store: rename ", partial, " to ", final_path, ": ", ErrnoText()));
   }
+  // The rename is durable only once the directory entry is: without this a power loss after the job is
+  // recorded SUCCEEDED could leave the result under its .partial name, or gone.
+  const int directory_fd = ::open(directory_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (directory_fd < 0) {
+    return absl::UnavailableError(absl::StrCat("result store: open ", directory_, ": ", ErrnoText()));
+  }
+  const bool synced = ::fsync(directory_fd) == 0;
+  const std::string sync_error = synced ? "" : ErrnoText();
+  ::close(directory_fd);
+  if (!synced) return absl::UnavailableError(absl::StrCat("result store: fsync ", directory_, ": ", sync_error));
   stored_bytes_ += expected_size;
   return StoredResult{final_path, expected_size, sha256};
 }

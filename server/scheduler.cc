@@ -82,8 +82,15 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(SchedulerOptions op
   if (!store.ok()) return store.status();
   absl::StatusOr<std::unique_ptr<ResultStore>> results = ResultStore::Open(options.results_directory);
   if (!results.ok()) return results.status();
+  // The estimator's calibrations live in the same database (their own table).
+  absl::StatusOr<std::unique_ptr<Estimator>> estimator = Estimator::Open(options.database_path);
+  if (!estimator.ok()) return estimator.status();
   std::unique_ptr<Scheduler> scheduler(
       new Scheduler(std::move(options), metrics, std::move(*store), std::move(*results)));
+  {
+    absl::MutexLock lock(&scheduler->mutex_);
+    scheduler->estimator_ = std::move(*estimator);
+  }
   if (absl::Status recovered = scheduler->Recover(); !recovered.ok()) return recovered;
   scheduler->timer_ = std::thread([raw = scheduler.get()] { raw->TimerLoop(); });
   return scheduler;
@@ -125,6 +132,7 @@ absl::Status Scheduler::Recover() {
       // Its worker may still be running it: give it the grace time to reconnect and claim it.
       job.connection = 0;
       job.orphaned_until = now + options_.worker_grace;
+      job.interrupted_by_restart = true;
       job.cancel_sent = job.job.cancel_requested();
       job.cancel_code = kCodeCancelled;
       ++running_by_model_[job.job.request().model()];
@@ -178,7 +186,14 @@ v1::Job Scheduler::SnapshotLocked(const LiveJob& live) const {
 
 absl::Status Scheduler::PersistLocked(const LiveJob& live) {
   absl::Status status = store_->Update(live.job, live.worker_losses);
-  if (!status.ok()) Log("scheduler", "job ", live.job.id(), ": ", status.message());
+  if (status.ok()) {
+    unpersisted_.erase(live.job.id());
+    return status;
+  }
+  // Memory has moved on but the store has not: keep the state and write it again each tick (a restart
+  // before then would still see the older state, so SubmitJob refuses work until it is written).
+  Log("scheduler", "job ", live.job.id(), ": writing its state failed (retrying every tick): ", status.message());
+  unpersisted_[live.job.id()] = {live.job, live.worker_losses};
   return status;
 }
 
@@ -245,41 +260,37 @@ void Scheduler::UpdatePositionsLocked() {
 // ---------------------------------------------------------------------------------------------------
 // The public API
 
-absl::StatusOr<v1::Job> Scheduler::Submit(const v1::SubmitJobRequest& request) {
+absl::StatusOr<v1::Job> Scheduler::Submit(const v1::SubmitJobRequest& request, const std::string& tenant) {
   absl::MutexLock lock(&mutex_);
   std::string id;
-  return SubmitLocked(request, &id);
+  return SubmitLocked(request, &id, tenant);
 }
 
 absl::StatusOr<v1::Job> Scheduler::SubmitAndWatch(const v1::SubmitJobRequest& request,
-                                                  std::shared_ptr<JobEventSink> sink) {
+                                                  std::shared_ptr<JobEventSink> sink, const std::string& tenant) {
   absl::MutexLock lock(&mutex_);
   std::string id;
-  absl::StatusOr<v1::Job> job = SubmitLocked(request, &id);
+  absl::StatusOr<v1::Job> job = SubmitLocked(request, &id, tenant);
   if (!job.ok()) return job;
   if (absl::Status watched = WatchLocked(id, std::move(sink)); !watched.ok()) return watched;
   return job;
 }
 
-absl::StatusOr<v1::Job> Scheduler::SubmitLocked(const v1::SubmitJobRequest& request, std::string* id) {
-  ValidationContext context;
-  context.default_model = DefaultModelLocked();
-  context.is_known_model = [this](const std::string& model) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    return IsKnownModelLocked(model);
-  };
-  context.known_models = [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return KnownModelsLocked(); };
-  context.max_tokens = options_.max_tokens;
-  absl::StatusOr<v1::SubmitJobRequest> resolved = ValidateAndResolve(request, context);
-  if (!resolved.ok()) return resolved.status();
-
-  // Idempotency comes first: a retry of an accepted submission succeeds even when the queue is full or
-  // the server drains.
-  const std::string fingerprint = request.SerializeAsString();
+absl::StatusOr<v1::Job> Scheduler::SubmitLocked(const v1::SubmitJobRequest& request, std::string* id,
+                                                const std::string& tenant) {
+  // Idempotency comes first, before validation: a retry of an accepted submission succeeds even when the
+  // queue is full, the server drains, or (right after a restart) no worker has announced its model yet.
+  const std::string fingerprint = DeterministicFingerprint(request);
   if (!request.client_request_id().empty()) {
     absl::StatusOr<std::optional<StoredJob>> existing = store_->GetByClientRequestId(request.client_request_id());
     if (!existing.ok()) return existing.status();
     if (existing->has_value()) {
       const StoredJob& stored = **existing;
+      if (stored.job.tenant() != tenant) {
+        // Another tenant's key: say nothing about its job (docs/security.md).
+        return absl::AlreadyExistsError(absl::StrCat("client_request_id: \"", request.client_request_id(),
+                                                     "\" is taken: choose another"));
+      }
       if (stored.request_fingerprint != fingerprint) {
         return absl::AlreadyExistsError(absl::StrCat("client_request_id: \"", request.client_request_id(),
                                                      "\" was already used by job ", stored.job.id(),
@@ -290,6 +301,23 @@ absl::StatusOr<v1::Job> Scheduler::SubmitLocked(const v1::SubmitJobRequest& requ
       return live != live_.end() ? SnapshotLocked(live->second) : stored.job;
     }
   }
+
+  ValidationContext context;
+  context.default_model = DefaultModelLocked();
+  context.is_known_model = [this](const std::string& model) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return IsKnownModelLocked(model);
+  };
+  context.known_models = [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return KnownModelsLocked(); };
+  context.max_tokens = options_.max_tokens;
+  // With --models configured the operator named what is served; without, an unknown model is only
+  // "not yet" while no worker is connected.
+  context.workers_connected = !workers_.empty() || !options_.models.empty();
+  absl::StatusOr<v1::SubmitJobRequest> resolved = ValidateAndResolve(request, context);
+  if (!resolved.ok()) return resolved.status();
+  if (!unpersisted_.empty()) {
+    return absl::UnavailableError(absl::StrCat("the job store failed to record ", unpersisted_.size(),
+                                               " job state change(s) and is retrying: submit again later"));
+  }
   if (draining_) return absl::UnavailableError("the server is draining (shutting down): submit to another replica");
   if (static_cast<int>(queue_.size()) >= options_.queue_limit) {
     return absl::ResourceExhaustedError(absl::StrCat("the queue is full (", queue_.size(), " of ",
@@ -299,6 +327,7 @@ absl::StatusOr<v1::Job> Scheduler::SubmitLocked(const v1::SubmitJobRequest& requ
   const absl::Time now = absl::Now();
   LiveJob live;
   live.job.set_id(NewJobId());
+  live.job.set_tenant(tenant);
   *live.job.mutable_request() = *resolved;
   live.job.set_state(v1::JOB_STATE_QUEUED);
   live.job.mutable_progress()->set_phase(v1::PHASE_QUEUED);
@@ -309,6 +338,7 @@ absl::StatusOr<v1::Job> Scheduler::SubmitLocked(const v1::SubmitJobRequest& requ
     *live.job.mutable_deadline_time() = ToTimestamp(live.deadline);
   }
   live.tokens = LatentTokens(resolved->width(), resolved->height(), resolved->frames());
+  EstimateLocked(live);
   absl::StatusOr<int64_t> sequence = store_->Insert(live.job, fingerprint);
   if (!sequence.ok()) {
     if (absl::IsAlreadyExists(sequence.status())) {

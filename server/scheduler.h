@@ -9,9 +9,13 @@
 // most `queue_limit` queued jobs. Dispatch gives the first queued job a worker can run (model, token
 // budget, output format) to an idle worker, longest idle first.
 //
-// Workers: see proto/zoetrope/v1/worker_service.proto for the protocol. A job whose worker disconnects
-// stays RUNNING for `worker_grace` (the worker may reconnect and keep it); then it is queued again, or
-// FAILED after `max_worker_losses` losses. After a restart every RUNNING job gets the same grace.
+// Workers: see proto/zoetrope/v1/worker_service.proto for the protocol. A job whose worker's stream
+// closed is lost at once; one whose worker went silent (or whose stream a newer one replaced) stays
+// RUNNING for `worker_grace` (the worker may reconnect and keep it). A lost job is queued again, or FAILED
+// after `max_worker_losses` losses. After a restart every RUNNING job gets the grace, and a job whose
+// worker does not come back is queued again without a loss counted (the restart is not the job's fault).
+// A state write the store fails (disk full, busy database) is kept and retried every tick; until it
+// succeeds SubmitJob answers UNAVAILABLE (fail closed).
 //
 // Thread-safe: one mutex guards everything. Store writes happen under it (a submit waits for its own
 // commit). Event sinks are called under it and must not block or call back into the scheduler.
@@ -36,6 +40,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/estimator.h"
 #include "server/job_events.h"
 #include "server/job_queue.h"
 #include "server/job_store.h"
@@ -64,7 +69,7 @@ struct SchedulerOptions {
   // How long a running job waits for its lost worker to come back before it is queued again.
   absl::Duration worker_grace = absl::Seconds(10);
   // Worker losses after which a job FAILS instead of being queued again.
-  int max_worker_losses = 3;
+  int max_worker_losses = 2;
   absl::Duration result_retention = absl::Hours(24);
   // Cost = GPUs × wall time × price per GPU-hour (+ energy × PUE × price per kWh).
   double price_per_gpu_hour = 0.0;
@@ -100,10 +105,12 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   // The public API (validation included; errors as documented in video_service.proto).
-  absl::StatusOr<zoetrope::v1::Job> Submit(const zoetrope::v1::SubmitJobRequest& request);
+  // `tenant` is recorded in Job.tenant; a client_request_id is looked up within the tenant's jobs.
+  absl::StatusOr<zoetrope::v1::Job> Submit(const zoetrope::v1::SubmitJobRequest& request,
+                                           const std::string& tenant = "");
   // Submit, then Watch in the same critical section (Generate): the sink sees every event of the job.
   absl::StatusOr<zoetrope::v1::Job> SubmitAndWatch(const zoetrope::v1::SubmitJobRequest& request,
-                                                   std::shared_ptr<JobEventSink> sink);
+                                                   std::shared_ptr<JobEventSink> sink, const std::string& tenant = "");
   absl::StatusOr<zoetrope::v1::Job> GetJob(const std::string& id);
   absl::StatusOr<zoetrope::v1::Job> CancelJob(const std::string& id);
   absl::StatusOr<zoetrope::v1::ListJobsResponse> ListJobs(const zoetrope::v1::ListJobsRequest& request);
@@ -134,12 +141,19 @@ class Scheduler {
     // RUNNING: the worker's connection (0 while the worker is gone) and until when it may come back.
     uint64_t connection = 0;
     absl::Time orphaned_until = absl::InfiniteFuture();
+    // RUNNING when the scheduler restarted and not yet taken back by its worker: if the worker does not
+    // come back, the restart (not a worker crash) interrupted it, so it costs no worker loss.
+    bool interrupted_by_restart = false;
     bool cancel_sent = false;
     int cancel_code = 0;
     double step_seconds_sum = 0.0;
     int steps_reported = 0;
     int last_sent_position = 0;
     JobWatchers watchers;
+    // What runs it (for the estimate and the calibration) and the price per GPU-hour of its worker's pool
+    // (0: options_.price_per_gpu_hour); set at submission and again when a worker takes it.
+    EstimateConfiguration configuration;
+    double price_per_gpu_hour = 0.0;
   };
   struct WorkerState {
     uint64_t connection = 0;
@@ -156,7 +170,8 @@ class Scheduler {
             std::unique_ptr<ResultStore> results);
   // scheduler.cc: recovery, models, snapshots and events.
   absl::Status Recover();
-  absl::StatusOr<zoetrope::v1::Job> SubmitLocked(const zoetrope::v1::SubmitJobRequest& request, std::string* id)
+  absl::StatusOr<zoetrope::v1::Job> SubmitLocked(const zoetrope::v1::SubmitJobRequest& request, std::string* id,
+                                                 const std::string& tenant)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::Status WatchLocked(const std::string& id, std::shared_ptr<JobEventSink> sink)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -196,9 +211,16 @@ class Scheduler {
   void CancelRunningLocked(LiveJob& live, int code, absl::string_view reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void RequeueLocked(LiveJob& live, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void OrphanJobLocked(LiveJob& live, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // A RUNNING job whose worker is gone for good: one worker loss (none when a scheduler restart
+  // interrupted it), then queued again or, past --max_worker_losses, FAILED.
+  void JobWorkerLostLocked(LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Writes the job states of unpersisted_ again (scheduler_timer.cc).
+  void RetryUnpersistedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   // scheduler_workers.cc: the worker protocol.
-  void DetachLocked(uint64_t connection) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // `stream_closed`: the worker's stream ended (the process or its connection is gone), so its job is
+  // lost at once; otherwise (a silent worker, a superseded stream) the job waits --worker_grace.
+  void DetachLocked(uint64_t connection, bool stream_closed = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void HandleProgressLocked(WorkerState& worker, const zoetrope::v1::JobProgress& progress)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void HandleUploadLocked(WorkerState& worker, const zoetrope::v1::ResultUpload& upload)
@@ -207,6 +229,16 @@ class Scheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   LiveJob* FindCurrentAttemptLocked(const WorkerState& worker, const std::string& job_id, int attempt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  // scheduler_estimates.cc: the quote at submission, cost, and learning from finished jobs (server/estimator.h).
+  EstimateConfiguration ConfigurationLocked(const zoetrope::v1::SubmitJobRequest& request,
+                                            const WorkerState* worker) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Sets the job's estimate: run, energy and cost from the model, queue wait from the jobs ahead of it.
+  void EstimateLocked(LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Cost of a job that ran (measurements: gpus, run seconds, energy), split into GPU time and energy.
+  void CostLocked(LiveJob& live) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // A job that ran: metrics by resolution; when SUCCEEDED, prediction error and the calibration update.
+  void AccountFinishedLocked(LiveJob& live, zoetrope::v1::JobState state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   // scheduler_timer.cc: the timer thread.
   void TimerLoop();
@@ -219,6 +251,10 @@ class Scheduler {
   mutable absl::Mutex mutex_;
   std::unique_ptr<JobStore> store_ ABSL_GUARDED_BY(mutex_);
   std::unique_ptr<ResultStore> results_ ABSL_GUARDED_BY(mutex_);
+  std::unique_ptr<Estimator> estimator_ ABSL_GUARDED_BY(mutex_);
+  // The last capabilities announced for each model: what a job submitted while no worker is connected is
+  // quoted for.
+  std::map<std::string, zoetrope::v1::WorkerCapabilities> capabilities_by_model_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<std::string, LiveJob> live_ ABSL_GUARDED_BY(mutex_);
   JobQueue queue_ ABSL_GUARDED_BY(mutex_);
   std::map<std::string, int> running_by_model_ ABSL_GUARDED_BY(mutex_);
@@ -229,6 +265,10 @@ class Scheduler {
   bool draining_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   absl::Time next_result_sweep_ ABSL_GUARDED_BY(mutex_);
+  // Job states the store failed to write (disk full, busy database), newest per job, with their worker
+  // losses: retried every tick until written. While any is pending the scheduler fails closed: SubmitJob
+  // answers UNAVAILABLE, so no new work piles onto a store that may not remember it.
+  std::map<std::string, std::pair<zoetrope::v1::Job, int>> unpersisted_ ABSL_GUARDED_BY(mutex_);
   std::thread timer_;
 };
 

@@ -102,6 +102,9 @@ void Scheduler::AssignLocked(WorkerState& worker, LiveJob& live) {
   live.job.mutable_measurements()->set_gpus(worker.capabilities.gpus());
   live.job.mutable_measurements()->set_sequence_parallel_degree(std::max(1, worker.capabilities.sequence_parallel_degree()));
   live.job.mutable_measurements()->set_cfg_parallel_degree(std::max(1, worker.capabilities.cfg_parallel_degree()));
+  live.configuration = ConfigurationLocked(live.job.request(), &worker);
+  live.price_per_gpu_hour = worker.capabilities.price_per_gpu_hour();
+  capabilities_by_model_[live.job.request().model()] = worker.capabilities;
   live.connection = worker.connection;
   live.orphaned_until = absl::InfiniteFuture();
   live.cancel_sent = false;
@@ -150,10 +153,8 @@ v1::Job Scheduler::FinishLocked(LiveJob& live, v1::JobState state, int error_cod
   v1::Measurements& measurements = *live.job.mutable_measurements();
   if (ran) {
     measurements.set_run_seconds(absl::ToDoubleSeconds(now - FromTimestamp(live.job.start_time())));
-    const double gpu_hours = measurements.gpus() * measurements.run_seconds() / 3600.0;
-    const double kilowatt_hours = measurements.gpu_energy_joules() / 3.6e6;
-    measurements.set_cost_usd(gpu_hours * options_.price_per_gpu_hour +
-                              kilowatt_hours * options_.power_usage_effectiveness * options_.price_per_kwh);
+    CostLocked(live);
+    AccountFinishedLocked(live, state);
   } else if (previous == v1::JOB_STATE_QUEUED) {
     measurements.set_queue_seconds(absl::ToDoubleSeconds(now - FromTimestamp(live.job.create_time())));
   }

@@ -1,7 +1,7 @@
 // zoetrope-scheduler: the public API, the durable queue and the worker endpoint in one process.
 //
-//   zoetrope-scheduler --listen 0.0.0.0:50051 --db /var/lib/zoetrope/jobs.db
-//       --results_dir /var/lib/zoetrope/results --metrics_port 9464
+//   zoetrope-scheduler --listen 0.0.0.0:50051 --worker_listen 0.0.0.0:50052 --tokens_file /etc/zoetrope/tokens
+//       --db /var/lib/zoetrope/jobs.db --results_dir /var/lib/zoetrope/results --metrics_port 9464
 //
 // SIGTERM drains (health NOT_SERVING, no new work, running jobs finish within --drain_timeout) and exits 0.
 #include <cstdio>
@@ -20,7 +20,17 @@
 #include "common/signals.h"
 #include "server/scheduler_server.h"
 
-ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address (host:port; port 0 picks a free one)");
+ABSL_FLAG(std::string, listen, "",
+          "public gRPC listen address (host:port; port 0 picks a free one); default 0.0.0.0:50051 with client "
+          "tokens, else 127.0.0.1:50051");
+ABSL_FLAG(std::string, worker_listen, "",
+          "WorkerService's own listen address (required with --tokens_file); empty: it shares --listen");
+ABSL_FLAG(std::string, tokens_file, "", "client and worker tokens, tenants and quotas (docs/security.md)");
+ABSL_FLAG(bool, allow_unauthenticated_remote, false,
+          "serve an API that has no tokens on a non-loopback address (trusted networks only)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (chain): TLS on both ports");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, worker_client_ca, "", "PEM CA that worker client certificates must chain to (mTLS)");
 ABSL_FLAG(std::string, db, "zoetrope-data/jobs.db", "SQLite job store (created when missing; WAL mode)");
 ABSL_FLAG(std::string, db_sync, "full", "SQLite synchronous mode: full (survives power loss) or normal");
 ABSL_FLAG(std::string, results_dir, "zoetrope-data/results", "folder of the result store");
@@ -35,7 +45,7 @@ ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(1), "how often worke
 ABSL_FLAG(absl::Duration, worker_timeout, absl::Seconds(10), "a worker silent this long is disconnected");
 ABSL_FLAG(absl::Duration, worker_grace, absl::Seconds(10),
           "how long a running job waits for its lost worker before it is queued again");
-ABSL_FLAG(int32_t, max_worker_losses, 3, "worker losses after which a job fails instead of being queued again");
+ABSL_FLAG(int32_t, max_worker_losses, 2, "worker losses after which a job fails instead of being queued again");
 ABSL_FLAG(absl::Duration, result_retention, absl::Hours(24), "how long results are kept");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Minutes(10), "how long SIGTERM waits for running jobs");
 ABSL_FLAG(double, price_per_gpu_hour, 0.0, "price of one GPU-hour in dollars (cost metrics)");
@@ -47,7 +57,16 @@ namespace zoetrope::server {
 
 absl::StatusOr<SchedulerServerOptions> OptionsFromFlags() {
   SchedulerServerOptions options;
+  options.tokens_file = absl::GetFlag(FLAGS_tokens_file);
   options.listen_address = absl::GetFlag(FLAGS_listen);
+  if (options.listen_address.empty()) {
+    options.listen_address = options.tokens_file.empty() ? "127.0.0.1:50051" : "0.0.0.0:50051";
+  }
+  options.worker_listen_address = absl::GetFlag(FLAGS_worker_listen);
+  options.allow_unauthenticated_remote = absl::GetFlag(FLAGS_allow_unauthenticated_remote);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.worker_client_ca_file = absl::GetFlag(FLAGS_worker_client_ca);
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.metrics_address =
       metrics_port < 0 ? "" : absl::StrCat(absl::GetFlag(FLAGS_metrics_host), ":", metrics_port);

@@ -1,5 +1,9 @@
 #include "server/scheduler_metrics.h"
 
+#include <algorithm>
+#include <cmath>
+#include <string>
+
 #include "absl/status/status.h"
 #include "common/metrics_endpoint.h"
 
@@ -12,7 +16,7 @@ constexpr const char* kApiMethods[] = {"SubmitJob", "Generate",  "GetJob",     "
                                        "CancelJob", "ListJobs", "FetchResult"};
 constexpr const char* kPriorities[] = {"low", "normal", "high"};
 constexpr const char* kFinalStates[] = {"succeeded", "failed", "cancelled", "expired"};
-constexpr const char* kRequeueReasons[] = {"worker_lost", "handed_back"};
+constexpr const char* kRequeueReasons[] = {"worker_lost", "handed_back", "scheduler_restart"};
 // gRPC status codes are 0 (OK) … 16 (UNAUTHENTICATED); absl::StatusCode has the same numbers and names.
 constexpr int kStatusCodes = 17;
 
@@ -34,7 +38,7 @@ SchedulerMetrics::SchedulerMetrics()
                          .Register(*registry_)),
       jobs_requeued_(prometheus::BuildCounter()
                          .Name("zoetrope_jobs_requeued_total")
-                         .Help("Running jobs queued again: worker_lost, handed_back")
+                         .Help("Running jobs queued again: worker_lost, handed_back, scheduler_restart")
                          .Register(*registry_)),
       queue_depth_(prometheus::BuildGauge()
                        .Name("zoetrope_queue_depth")
@@ -76,6 +80,27 @@ SchedulerMetrics::SchedulerMetrics()
                     .Name("zoetrope_job_cost_dollars")
                     .Help("Cost of one video: GPUs x wall time x price per GPU-hour (+ energy where configured)")
                     .Register(*registry_)),
+      real_time_factor_(prometheus::BuildHistogram()
+                            .Name("zoetrope_job_real_time_factor")
+                            .Help("Run seconds per second of video of a succeeded job (compute time / video length)")
+                            .Register(*registry_)),
+      estimate_error_(prometheus::BuildHistogram()
+                          .Name("zoetrope_job_estimate_error_ratio")
+                          .Help("(estimate - actual) / actual of a succeeded job: quantity run_seconds or gpu_energy")
+                          .Register(*registry_)),
+      estimated_run_(prometheus::BuildCounter()
+                         .Name("zoetrope_job_estimated_run_seconds_total")
+                         .Help("Run seconds estimated at submission, summed over succeeded jobs")
+                         .Register(*registry_)),
+      measured_run_(prometheus::BuildCounter()
+                        .Name("zoetrope_job_measured_run_seconds_total")
+                        .Help("Run seconds measured, summed over the succeeded jobs of the estimated total")
+                        .Register(*registry_)),
+      parallel_efficiency_(prometheus::BuildGauge()
+                               .Name("zoetrope_sequence_parallel_efficiency")
+                               .Help("Denoise throughput per GPU of a worker group over that of one GPU (same model, "
+                                     "GPU kind, attention), from calibrated finished jobs")
+                               .Register(*registry_)),
       result_store_bytes_(prometheus::BuildGauge()
                               .Name("zoetrope_result_store_bytes")
                               .Help("Bytes of results in the result store")
@@ -141,10 +166,47 @@ void SchedulerMetrics::JobFinished(const std::string& model, const std::string& 
   end_to_end_duration_.Add({{"model", model}}, DurationBuckets()).Observe(end_to_end_seconds);
   if (ran) {
     run_duration_.Add({{"model", model}}, DurationBuckets()).Observe(run_seconds);
-    job_energy_.Add({{"model", model}}, EnergyBuckets()).Observe(gpu_energy_joules);
     energy_total_.Add({{"model", model}}).Increment(gpu_energy_joules);
-    job_cost_.Add({{"model", model}}, CostBuckets()).Observe(cost_dollars);
   }
+}
+
+void SchedulerMetrics::JobAccounted(const std::string& model, const std::string& resolution, bool energy_measured,
+                                    double gpu_energy_joules, double cost_dollars) {
+  // A job without an energy measurement (CPU workers) is left out rather than counted as 0 J.
+  if (energy_measured) {
+    job_energy_.Add({{"model", model}, {"resolution", resolution}}, EnergyBuckets()).Observe(gpu_energy_joules);
+  }
+  job_cost_.Add({{"model", model}, {"resolution", resolution}}, CostBuckets()).Observe(cost_dollars);
+}
+
+void SchedulerMetrics::JobPredicted(const std::string& model, const std::string& resolution, double real_time_factor,
+                                    double estimated_run_seconds, double run_seconds, double run_error,
+                                    double energy_error) {
+  // Real-time factors run from below 1 (faster than playback) to thousands (CPU).
+  static const prometheus::Histogram::BucketBoundaries kFactorBuckets = {0.5, 1, 2, 5, 10, 20, 50, 100, 200,
+                                                                         500, 1000, 5000};
+  // Signed relative error: the quote's bias and spread (the paper's model errs by 6-14 %).
+  static const prometheus::Histogram::BucketBoundaries kErrorBuckets = {-1, -0.5, -0.2, -0.1, -0.05, -0.02, 0,
+                                                                        0.02, 0.05, 0.1, 0.2, 0.5, 1, 2};
+  real_time_factor_.Add({{"model", model}, {"resolution", resolution}}, kFactorBuckets).Observe(real_time_factor);
+  estimate_error_.Add({{"model", model}, {"quantity", "run_seconds"}}, kErrorBuckets).Observe(run_error);
+  if (!std::isnan(energy_error)) {
+    estimate_error_.Add({{"model", model}, {"quantity", "gpu_energy"}}, kErrorBuckets).Observe(energy_error);
+  }
+  estimated_run_.Add({{"model", model}}).Increment(std::max(0.0, estimated_run_seconds));
+  measured_run_.Add({{"model", model}}).Increment(std::max(0.0, run_seconds));
+}
+
+void SchedulerMetrics::SetParallelEfficiency(const std::string& model, int gpus, double efficiency) {
+  parallel_efficiency_.Add({{"model", model}, {"gpus", std::to_string(gpus)}}).Set(efficiency);
+}
+
+std::string SchedulerMetrics::ResolutionClass(int width, int height) {
+  const int short_side = std::min(width, height);
+  if (short_side <= 240) return "240p";
+  if (short_side <= 480) return "480p";
+  if (short_side <= 720) return "720p";
+  return "1080p";
 }
 
 void SchedulerMetrics::JobRequeued(const std::string& model, const std::string& reason) {

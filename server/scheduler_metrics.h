@@ -3,7 +3,7 @@
 //   zoetrope_api_requests_total{method,code}           every VideoService call by gRPC status
 //   zoetrope_jobs_submitted_total{model,priority}      jobs accepted
 //   zoetrope_jobs_finished_total{model,state}          jobs by final state (succeeded, failed, cancelled, expired)
-//   zoetrope_jobs_requeued_total{model,reason}         worker_lost, handed_back
+//   zoetrope_jobs_requeued_total{model,reason}         worker_lost, handed_back, scheduler_restart
 //   zoetrope_queue_depth{model,priority}               queued jobs
 //   zoetrope_jobs_running{model}                       jobs on a worker
 //   zoetrope_workers{state}                            connected workers: idle, busy, draining
@@ -11,9 +11,17 @@
 //   zoetrope_job_run_duration_seconds{model}           started → finished
 //   zoetrope_job_end_to_end_duration_seconds{model}    accepted → finished
 //   zoetrope_denoise_step_duration_seconds{model}      per denoising step, as workers report them
-//   zoetrope_job_gpu_energy_joules{model}              GPU energy per finished job
-//   zoetrope_gpu_energy_joules_total{model}            GPU energy of all jobs
-//   zoetrope_job_cost_dollars{model}                   cost per video
+//   zoetrope_job_gpu_energy_joules{model,resolution}   GPU energy per finished job (jobs whose energy was measured)
+//   zoetrope_gpu_energy_joules_total{model}            GPU energy of all jobs (per GPU: zoetrope_worker_gpu_energy_joules_total)
+//   zoetrope_job_cost_dollars{model,resolution}        cost per video; resolution: the short side's class
+//                                                      (240p, 480p, 720p, 1080p: at most that many pixels)
+//   zoetrope_job_real_time_factor{model,resolution}    run seconds per second of video, succeeded jobs
+//   zoetrope_job_estimate_error_ratio{model,quantity}  (estimate − actual) / actual of succeeded jobs,
+//                                                      quantity run_seconds or gpu_energy
+//   zoetrope_job_estimated_run_seconds_total{model}    Σ estimates and Σ actual run seconds of succeeded jobs,
+//   zoetrope_job_measured_run_seconds_total{model}     for predicted-vs-actual over a window
+//   zoetrope_sequence_parallel_efficiency{model,gpus}  denoise throughput per GPU of a group over that of one GPU
+//                                                      (same model, GPU kind, attention), from the calibration
 //   zoetrope_result_store_bytes                        bytes of stored results
 //   zoetrope_results_deleted_total                     results removed by retention
 //   zoetrope_job_watchers                              open WatchJob/Generate streams
@@ -52,6 +60,13 @@ class SchedulerMetrics {
   void JobStarted(const std::string& model, double queue_seconds);
   void JobFinished(const std::string& model, const std::string& state, double run_seconds, double end_to_end_seconds,
                    double gpu_energy_joules, double cost_dollars, bool ran);
+  // A finished job that ran: its energy (when measured) and cost by resolution class.
+  void JobAccounted(const std::string& model, const std::string& resolution, bool energy_measured,
+                    double gpu_energy_joules, double cost_dollars);
+  // A succeeded job against its estimate. `energy_error` is ignored when NaN (energy not measured).
+  void JobPredicted(const std::string& model, const std::string& resolution, double real_time_factor,
+                    double estimated_run_seconds, double run_seconds, double run_error, double energy_error);
+  void SetParallelEfficiency(const std::string& model, int gpus, double efficiency);
   void JobRequeued(const std::string& model, const std::string& reason);
   void StepCompleted(const std::string& model, double seconds);
   void SetQueueDepth(const std::string& model, const std::string& priority, double depth);
@@ -61,6 +76,8 @@ class SchedulerMetrics {
   void ResultsDeleted(double count);
   void WatchersChanged(double delta);
   void SetDraining(bool draining);
+  // "240p", "480p", "720p", "1080p": the class of a video's short side.
+  static std::string ResolutionClass(int width, int height);
 
  private:
   // Creates the model's series of the known label values at 0, once per model.
@@ -83,6 +100,11 @@ class SchedulerMetrics {
   prometheus::Family<prometheus::Histogram>& job_energy_;
   prometheus::Family<prometheus::Counter>& energy_total_;
   prometheus::Family<prometheus::Histogram>& job_cost_;
+  prometheus::Family<prometheus::Histogram>& real_time_factor_;
+  prometheus::Family<prometheus::Histogram>& estimate_error_;
+  prometheus::Family<prometheus::Counter>& estimated_run_;
+  prometheus::Family<prometheus::Counter>& measured_run_;
+  prometheus::Family<prometheus::Gauge>& parallel_efficiency_;
   prometheus::Gauge& result_store_bytes_;
   prometheus::Counter& results_deleted_;
   prometheus::Gauge& watchers_;

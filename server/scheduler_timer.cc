@@ -30,6 +30,7 @@ void Scheduler::TimerLoop() {
 }
 
 void Scheduler::TickLocked(absl::Time now) {
+  if (!unpersisted_.empty()) RetryUnpersistedLocked();
   // Deadlines and lost workers of live jobs. Collect first: finishing a job erases it from live_.
   std::vector<std::string> expired, overdue, lost;
   for (auto& [id, live] : live_) {
@@ -69,14 +70,7 @@ void Scheduler::TickLocked(absl::Time now) {
       FinishCancelledByRequestLocked(live, "; its worker did not come back");
       continue;
     }
-    ++live.worker_losses;
-    if (live.worker_losses >= options_.max_worker_losses) {
-      FinishLocked(
-          live, v1::JOB_STATE_FAILED, kCodeUnavailable,
-          absl::StrCat("the job's worker was lost ", live.worker_losses, " times (last: ", live.job.worker_id(), ")"));
-    } else {
-      RequeueLocked(live, "worker_lost");
-    }
+    JobWorkerLostLocked(live);
   }
 
   // Workers that went silent.
@@ -116,6 +110,35 @@ void Scheduler::SweepResultsLocked(absl::Time now) {
   if (deleted > 0 && metrics_ != nullptr) {
     metrics_->ResultsDeleted(deleted);
     metrics_->SetResultStoreBytes(static_cast<double>(results_->stored_bytes()));
+  }
+}
+
+void Scheduler::JobWorkerLostLocked(LiveJob& live) {
+  if (live.interrupted_by_restart) {
+    // The scheduler restarted under it and its worker did not come back within the grace: the restart
+    // is not evidence that the job crashes workers, so it costs no worker loss.
+    live.interrupted_by_restart = false;
+    RequeueLocked(live, "scheduler_restart");
+    return;
+  }
+  ++live.worker_losses;
+  if (live.worker_losses >= options_.max_worker_losses) {
+    // A job that took down this many workers is most likely the cause (say it needs more memory than the
+    // device has): fail it with a clear error instead of queueing it for the next worker to crash on.
+    FinishLocked(live, v1::JOB_STATE_FAILED, kCodeUnavailable,
+                 absl::StrCat("the job's worker was lost ", live.worker_losses, " times (last: ", live.job.worker_id(),
+                              "); it is not retried again (--max_worker_losses=", options_.max_worker_losses, ")"));
+  } else {
+    RequeueLocked(live, "worker_lost");
+  }
+}
+
+void Scheduler::RetryUnpersistedLocked() {
+  for (auto it = unpersisted_.begin(); it != unpersisted_.end();) {
+    const absl::Status status = store_->Update(it->second.first, it->second.second);
+    if (!status.ok()) return;  // the store still fails: try again next tick, in the same order
+    Log("scheduler", "job ", it->first, ": its state is written now");
+    it = unpersisted_.erase(it);
   }
 }
 

@@ -78,6 +78,7 @@ absl::StatusOr<uint64_t> Scheduler::AttachWorker(const v1::WorkerHello& hello, s
       LiveJob& live = found->second;
       live.connection = connection;
       live.orphaned_until = absl::InfiniteFuture();
+      live.interrupted_by_restart = false;
       worker.job_id = live.job.id();
       answer.mutable_adopted()->set_job_id(held.job_id());
       answer.mutable_adopted()->set_attempt(held.attempt());
@@ -206,6 +207,7 @@ void Scheduler::HandleCompletionLocked(WorkerState& worker, const v1::JobComplet
   live->job.mutable_measurements()->set_gpu_energy_joules(completion.measurements().gpu_energy_joules());
   live->job.mutable_measurements()->set_denoise_seconds(completion.measurements().denoise_seconds());
   live->job.mutable_measurements()->set_attention_density(completion.measurements().attention_density());
+  CopyWorkerMeasurements(completion.measurements(), *live->job.mutable_measurements());
   if (completion.measurements().gpus() > 0) {
     live->job.mutable_measurements()->set_gpus(completion.measurements().gpus());
   }
@@ -240,10 +242,11 @@ void Scheduler::HandleCompletionLocked(WorkerState& worker, const v1::JobComplet
 
 void Scheduler::DetachWorker(uint64_t connection) {
   absl::MutexLock lock(&mutex_);
-  DetachLocked(connection);
+  // While the scheduler stops it closes the streams itself: that is a restart, not a lost worker.
+  DetachLocked(connection, /*stream_closed=*/!stopping_);
 }
 
-void Scheduler::DetachLocked(uint64_t connection) {
+void Scheduler::DetachLocked(uint64_t connection, bool stream_closed) {
   auto found = workers_.find(connection);
   if (found == workers_.end()) return;
   WorkerState worker = std::move(found->second);
@@ -255,9 +258,16 @@ void Scheduler::DetachLocked(uint64_t connection) {
   if (!worker.job_id.empty()) {
     auto live = live_.find(worker.job_id);
     if (live != live_.end() && live->second.connection == connection) {
-      running = absl::StrCat("; job ", worker.job_id, " waits ", absl::FormatDuration(options_.worker_grace),
-                             " for it to come back");
-      OrphanJobLocked(live->second, now);
+      // (Both calls below may finish the job, which erases it from live_: `live` is not used after them.)
+      if (stream_closed && !live->second.job.cancel_requested()) {
+        running = absl::StrCat("; its stream closed, so job ", worker.job_id, " is lost at once");
+        live->second.connection = 0;
+        JobWorkerLostLocked(live->second);
+      } else {
+        running = absl::StrCat("; job ", worker.job_id, " waits ", absl::FormatDuration(options_.worker_grace),
+                               " for it to come back");
+        OrphanJobLocked(live->second, now);
+      }
     }
   }
   Log("scheduler", "worker ", worker.id, " disconnected", running);

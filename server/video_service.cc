@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -289,10 +290,11 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 // serializes the answer and counts the call.
 template <typename Request, typename Call>
 grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context, SchedulerMetrics* metrics, const char* method,
-                                   const grpc::ByteBuffer& request_bytes, grpc::ByteBuffer* response, Call call) {
+                                   const absl::Status& authenticated, const grpc::ByteBuffer& request_bytes,
+                                   grpc::ByteBuffer* response, Call call) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Request request;
-  absl::Status status = ParseRequest(Flatten(request_bytes), request);
+  absl::Status status = authenticated.ok() ? ParseRequest(Flatten(request_bytes), request) : authenticated;
   if (status.ok()) {
     auto answer = call(request);
     if (answer.ok()) *response = Serialize(*answer);
@@ -306,11 +308,43 @@ grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context, Schedul
 
 }  // namespace
 
+void VideoServiceImpl::EnableAuthentication(const TokenRegistry* tokens) {
+  tokens_ = tokens;
+  quotas_ = std::make_unique<TenantQuotaGate>(scheduler_);
+}
+
+absl::StatusOr<Tenant> VideoServiceImpl::Caller(const grpc::CallbackServerContext* context) const {
+  if (tokens_ == nullptr) return Tenant{};
+  return tokens_->AuthenticateClient(context->client_metadata());
+}
+
+absl::Status VideoServiceImpl::CheckOwner(const absl::StatusOr<Tenant>& caller, const std::string& id) {
+  if (!caller.ok()) return caller.status();
+  if (tokens_ == nullptr) return absl::OkStatus();
+  absl::StatusOr<v1::Job> job = scheduler_.GetJob(id);
+  if (!job.ok()) return job.status();
+  // NOT_FOUND rather than PERMISSION_DENIED, in the words used for an unknown id: job ids must not
+  // tell one tenant which jobs another has.
+  if (job->tenant() != caller->name) return absl::NotFoundError(absl::StrCat("id: no job \"", id, "\""));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Job> VideoServiceImpl::Submit(const absl::StatusOr<Tenant>& caller,
+                                                 absl::FunctionRef<absl::StatusOr<v1::Job>()> submit) {
+  if (!caller.ok()) return caller.status();
+  if (quotas_ == nullptr) return submit();
+  return quotas_->Admit(*caller, submit);
+}
+
 grpc::ServerUnaryReactor* VideoServiceImpl::SubmitJob(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<v1::SubmitJobRequest> parsed = ParseSubmitJobRequest(Flatten(*request));
-  absl::StatusOr<v1::Job> job = parsed.ok() ? scheduler_.Submit(*parsed) : absl::StatusOr<v1::Job>(parsed.status());
+  const absl::StatusOr<Tenant> caller = Caller(context);
+  absl::StatusOr<v1::SubmitJobRequest> parsed =
+      caller.ok() ? ParseSubmitJobRequest(Flatten(*request)) : absl::StatusOr<v1::SubmitJobRequest>(caller.status());
+  absl::StatusOr<v1::Job> job =
+      parsed.ok() ? Submit(caller, [&] { return scheduler_.Submit(*parsed, caller->name); })
+                  : absl::StatusOr<v1::Job>(parsed.status());
   if (job.ok()) *response = Serialize(*job);
   const grpc::Status status = ToGrpc(job.status());
   Count(metrics_, "SubmitJob", status);
@@ -321,24 +355,36 @@ grpc::ServerUnaryReactor* VideoServiceImpl::SubmitJob(grpc::CallbackServerContex
 grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoServiceImpl::Generate(grpc::CallbackServerContext* context,
                                                                        const grpc::ByteBuffer* request) {
   auto* reactor = new EventStreamReactor<grpc::ByteBuffer>(metrics_, "Generate");
-  absl::StatusOr<v1::SubmitJobRequest> parsed = ParseSubmitJobRequest(Flatten(*request));
+  const absl::StatusOr<Tenant> caller = Caller(context);
+  absl::StatusOr<v1::SubmitJobRequest> parsed =
+      caller.ok() ? ParseSubmitJobRequest(Flatten(*request)) : absl::StatusOr<v1::SubmitJobRequest>(caller.status());
   absl::Status status = parsed.status();
-  if (parsed.ok()) status = scheduler_.SubmitAndWatch(*parsed, reactor->sink()).status();
+  if (parsed.ok()) {
+    status = Submit(caller, [&] { return scheduler_.SubmitAndWatch(*parsed, reactor->sink(), caller->name); }).status();
+  }
   if (!status.ok()) reactor->FinishWithError(ToGrpc(status));
   return reactor;
 }
 
 grpc::ServerUnaryReactor* VideoServiceImpl::GetJob(grpc::CallbackServerContext* context,
                                                    const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
-  return RunUnary<v1::GetJobRequest>(context, metrics_, "GetJob", *request, response,
-                                     [&](const v1::GetJobRequest& parsed) { return scheduler_.GetJob(parsed.id()); });
+  const absl::StatusOr<Tenant> caller = Caller(context);
+  return RunUnary<v1::GetJobRequest>(context, metrics_, "GetJob", caller.status(), *request, response,
+                                     [&](const v1::GetJobRequest& parsed) -> absl::StatusOr<v1::Job> {
+                                       if (absl::Status owner = CheckOwner(caller, parsed.id()); !owner.ok()) {
+                                         return owner;
+                                       }
+                                       return scheduler_.GetJob(parsed.id());
+                                     });
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoServiceImpl::WatchJob(grpc::CallbackServerContext* context,
                                                                        const grpc::ByteBuffer* request) {
   auto* reactor = new EventStreamReactor<grpc::ByteBuffer>(metrics_, "WatchJob");
   v1::WatchJobRequest parsed;
-  absl::Status status = ParseRequest(Flatten(*request), parsed);
+  const absl::StatusOr<Tenant> caller = Caller(context);
+  absl::Status status = caller.ok() ? ParseRequest(Flatten(*request), parsed) : caller.status();
+  if (status.ok()) status = CheckOwner(caller, parsed.id());
   if (status.ok()) status = scheduler_.Watch(parsed.id(), reactor->sink());
   if (!status.ok()) reactor->FinishWithError(ToGrpc(status));
   return reactor;
@@ -346,21 +392,40 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoServiceImpl::WatchJob(grpc::Cal
 
 grpc::ServerUnaryReactor* VideoServiceImpl::CancelJob(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
-  return RunUnary<v1::CancelJobRequest>(
-      context, metrics_, "CancelJob", *request, response,
-      [&](const v1::CancelJobRequest& parsed) { return scheduler_.CancelJob(parsed.id()); });
+  const absl::StatusOr<Tenant> caller = Caller(context);
+  return RunUnary<v1::CancelJobRequest>(context, metrics_, "CancelJob", caller.status(), *request, response,
+                                        [&](const v1::CancelJobRequest& parsed) -> absl::StatusOr<v1::Job> {
+                                          if (absl::Status owner = CheckOwner(caller, parsed.id()); !owner.ok()) {
+                                            return owner;
+                                          }
+                                          return scheduler_.CancelJob(parsed.id());
+                                        });
 }
 
 grpc::ServerUnaryReactor* VideoServiceImpl::ListJobs(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
-  return RunUnary<v1::ListJobsRequest>(context, metrics_, "ListJobs", *request, response,
-                                       [&](const v1::ListJobsRequest& parsed) { return scheduler_.ListJobs(parsed); });
+  const absl::StatusOr<Tenant> caller = Caller(context);
+  return RunUnary<v1::ListJobsRequest>(
+      context, metrics_, "ListJobs", caller.status(), *request, response,
+      [&](const v1::ListJobsRequest& parsed) -> absl::StatusOr<v1::ListJobsResponse> {
+        absl::StatusOr<v1::ListJobsResponse> page = scheduler_.ListJobs(parsed);
+        if (!page.ok() || tokens_ == nullptr) return page;
+        // Other tenants' jobs are taken out of the page, so a page may hold fewer than page_size jobs
+        // (even none) while next_page_token says more may follow.
+        auto* jobs = page->mutable_jobs();
+        jobs->erase(std::remove_if(jobs->begin(), jobs->end(),
+                                   [&](const v1::Job& job) { return job.tenant() != caller->name; }),
+                    jobs->end());
+        return page;
+      });
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoServiceImpl::FetchResult(grpc::CallbackServerContext* context,
                                                                           const grpc::ByteBuffer* request_bytes) {
   v1::FetchResultRequest request;
-  absl::Status invalid = ParseRequest(Flatten(*request_bytes), request);
+  const absl::StatusOr<Tenant> caller = Caller(context);
+  absl::Status invalid = caller.ok() ? ParseRequest(Flatten(*request_bytes), request) : caller.status();
+  if (invalid.ok()) invalid = CheckOwner(caller, request.id());
   if (invalid.ok() && (request.chunk_size() < 0 || request.chunk_size() > kMaxResultChunkBytes)) {
     invalid = absl::InvalidArgumentError(absl::StrCat("chunk_size: must be in [0, ", kMaxResultChunkBytes, "] (got ",
                                                       request.chunk_size(), ")"));

@@ -6,8 +6,12 @@
 // parse on the callback API answers such input with a bare UNIMPLEMENTED (and protobuf's with INTERNAL).
 #pragma once
 
+#include <memory>
+
+#include "server/auth.h"
 #include "server/scheduler.h"
 #include "server/scheduler_metrics.h"
+#include "server/tenant_quota.h"
 #include "zoetrope/v1/video_service.grpc.pb.h"
 
 namespace zoetrope::server {
@@ -25,6 +29,11 @@ class VideoServiceImpl final
   // Both must outlive the service; `metrics` may be null.
   VideoServiceImpl(Scheduler& scheduler, SchedulerMetrics* metrics) : scheduler_(scheduler), metrics_(metrics) {}
 
+  // From then on every call needs a client token of `tokens` (which must outlive the service), a tenant
+  // sees only its own jobs and submissions pass its quotas (docs/security.md). Without it, every caller
+  // may do everything (the loopback-only development mode). Call before serving.
+  void EnableAuthentication(const TokenRegistry* tokens);
+
   grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                       grpc::ByteBuffer* response) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
@@ -41,8 +50,17 @@ class VideoServiceImpl final
                                                           const grpc::ByteBuffer* request) override;
 
  private:
+  // The caller's tenant: UNAUTHENTICATED without a valid token; an empty tenant without authentication.
+  absl::StatusOr<Tenant> Caller(const grpc::CallbackServerContext* context) const;
+  // NOT_FOUND, worded as for an unknown id, when job `id` is not the tenant's.
+  absl::Status CheckOwner(const absl::StatusOr<Tenant>& caller, const std::string& id);
+  absl::StatusOr<zoetrope::v1::Job> Submit(const absl::StatusOr<Tenant>& caller,
+                                           absl::FunctionRef<absl::StatusOr<zoetrope::v1::Job>()> submit);
+
   Scheduler& scheduler_;
   SchedulerMetrics* metrics_;
+  const TokenRegistry* tokens_ = nullptr;
+  std::unique_ptr<TenantQuotaGate> quotas_;
 };
 
 // The largest chunk FetchResult sends (and the default).

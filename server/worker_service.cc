@@ -81,6 +81,12 @@ class StreamChannel final : public WorkerChannel {
 }  // namespace
 
 grpc::Status WorkerServiceImpl::Connect(grpc::ServerContext* context, Stream* stream) {
+  if (tokens_ != nullptr) {
+    // Before reading anything: an unauthenticated peer learns nothing and sends nothing we look at.
+    if (absl::Status allowed = tokens_->AuthenticateWorker(context->client_metadata()); !allowed.ok()) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(allowed.message()));
+    }
+  }
   v1::WorkerMessage first;
   if (!stream->Read(&first)) return grpc::Status(grpc::StatusCode::CANCELLED, "the worker left before its hello");
   if (!first.has_hello()) {

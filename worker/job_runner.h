@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -68,6 +69,18 @@ struct JobOutput {
   double attention_density = 1.0;  // mean block density of the self-attention that ran (1 = dense)
   double gpu_energy_joules = 0.0;  // 0 where no energy counter is available (CPU)
   int gpus = 0;                    // GPUs the job ran on (0 on the CPU backend)
+  // Where the energy figures come from (EnergySourceName in worker/energy_meter.h): "unavailable" means
+  // they are not measurements. Per GPU: joules by GPU label (the CUDA ordinal), for per-GPU counters.
+  std::string energy_source = "unavailable";
+  std::vector<std::pair<std::string, double>> energy_per_gpu;
+  // Wall seconds and GPU joules per phase (text encoder, denoising, VAE decode, video encode).
+  double text_seconds = 0.0;
+  double decode_seconds = 0.0;
+  double video_encode_seconds = 0.0;
+  double text_energy_joules = 0.0;
+  double denoise_energy_joules = 0.0;
+  double decode_energy_joules = 0.0;
+  double video_encode_energy_joules = 0.0;
 };
 
 // What a runner can do, announced to the scheduler.
@@ -81,6 +94,12 @@ struct RunnerCapabilities {
   int64_t max_tokens = 0;  // largest latent token count (F_latent · H/16 · W/16)
   std::vector<ResultFormat> formats;
   std::string device_name;
+  // How GPU energy is measured (EnergySourceName in worker/energy_meter.h).
+  std::string energy_source = "unavailable";
+  // The GPU product ("NVIDIA H200"; "cpu" on the CPU backend).
+  std::string gpu_kind;
+  // Labels of the GPUs whose energy is measured (JobOutput::energy_per_gpu), empty without energy.
+  std::vector<std::string> energy_gpu_labels;
 };
 
 class JobRunner {

@@ -1,10 +1,13 @@
 #include "worker/pipeline_job_runner.h"
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <filesystem>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "worker/engine/video_writer.h"
 
 namespace zoetrope {
@@ -16,6 +19,55 @@ constexpr int64_t kDefaultMaxTokens = 75600;
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
+
+// Wall seconds and GPU joules of each phase of one job, from the energy meter read at phase boundaries.
+class PhaseLedger {
+ public:
+  explicit PhaseLedger(EnergyMeter& meter) : meter_(meter) { meter_.Start(); }
+  ~PhaseLedger() { meter_.Stop(); }
+
+  void Enter(JobPhase phase) {
+    Close();
+    phase_ = phase;
+  }
+
+  void Finish(JobOutput& output) {
+    Close();
+    const EnergySnapshot total = meter_.Stop();
+    output.energy_source = EnergySourceName(meter_.source());
+    if (meter_.available()) {
+      output.gpu_energy_joules = total.total();
+      for (size_t gpu = 0; gpu < total.joules_per_gpu.size(); ++gpu) {
+        output.energy_per_gpu.emplace_back(meter_.gpu_label(static_cast<int>(gpu)), total.joules_per_gpu[gpu]);
+      }
+    }
+    output.text_seconds = seconds_[Index(JobPhase::kEncodingText)];
+    output.decode_seconds = seconds_[Index(JobPhase::kDecoding)];
+    output.video_encode_seconds = seconds_[Index(JobPhase::kEncodingVideo)];
+    output.text_energy_joules = joules_[Index(JobPhase::kEncodingText)];
+    output.denoise_energy_joules = joules_[Index(JobPhase::kDenoising)];
+    output.decode_energy_joules = joules_[Index(JobPhase::kDecoding)];
+    output.video_encode_energy_joules = joules_[Index(JobPhase::kEncodingVideo)];
+  }
+
+ private:
+  static size_t Index(JobPhase phase) { return static_cast<size_t>(phase); }
+  void Close() {
+    const auto now = std::chrono::steady_clock::now();
+    const double joules = meter_.Read().total();
+    seconds_[Index(phase_)] += std::chrono::duration<double>(now - since_).count();
+    joules_[Index(phase_)] += joules - joules_read_;
+    since_ = now;
+    joules_read_ = joules;
+  }
+
+  EnergyMeter& meter_;
+  JobPhase phase_ = JobPhase::kLoading;  // before the first phase: parameter checks, plan
+  std::chrono::steady_clock::time_point since_ = std::chrono::steady_clock::now();
+  double joules_read_ = 0.0;
+  std::array<double, 5> seconds_{};
+  std::array<double, 5> joules_{};
+};
 
 }  // namespace
 
@@ -73,6 +125,26 @@ absl::StatusOr<std::unique_ptr<PipelineJobRunner>> PipelineJobRunner::Create(con
       options.max_tokens > 0 ? options.max_tokens : kDefaultMaxTokens * runner->devices_.degrees.sequence;
   capabilities.formats = {ResultFormat::kMp4, ResultFormat::kRawSafetensors};
   capabilities.device_name = backend.name();
+  // Energy on every distinct GPU of the group (loopback puts every rank on one GPU).
+  std::unique_ptr<GpuPowerReader> power;
+  if (!backend.device().is_cpu()) {
+    std::vector<int> gpus = runner->devices_.gpus;
+    std::sort(gpus.begin(), gpus.end());
+    gpus.erase(std::unique(gpus.begin(), gpus.end()), gpus.end());
+    absl::StatusOr<std::unique_ptr<GpuPowerReader>> opened = OpenNvmlPowerReader(gpus);
+    if (opened.ok()) {
+      power = std::move(*opened);
+    } else {
+      Log("worker", "GPU energy unavailable: ", opened.status().message());
+    }
+  }
+  runner->energy_ = std::make_unique<EnergyMeter>(std::move(power));
+  capabilities.energy_source = EnergySourceName(runner->energy_->source());
+  capabilities.gpu_kind = backend.device().is_cpu() ? "cpu" : runner->energy_->gpu_kind();
+  if (capabilities.gpu_kind.empty()) capabilities.gpu_kind = "gpu";
+  for (int gpu = 0; gpu < runner->energy_->gpu_count(); ++gpu) {
+    capabilities.energy_gpu_labels.push_back(runner->energy_->gpu_label(gpu));
+  }
   return runner;
 }
 
@@ -95,21 +167,27 @@ absl::StatusOr<JobOutput> PipelineJobRunner::Run(const GenerationRequest& reques
   parameters.attention = request.attention.empty() ? options_.default_attention : request.attention;
   if (absl::Status valid = ValidateGenerationParameters(parameters); !valid.ok()) return valid;
 
+  // Energy and wall time per phase: the meter is read at every phase boundary and the difference goes to
+  // the phase that ended.
+  PhaseLedger ledger(*energy_);
   absl::StatusOr<GenerationResult> result = pipeline_->Generate(
       parameters,
-      [&progress](const GenerationProgress& update) {
+      [&progress, &ledger](const GenerationProgress& update) {
         switch (update.phase) {
           case GenerationPhase::kEncodingText:
+            ledger.Enter(JobPhase::kEncodingText);
             progress.OnPhase(JobPhase::kEncodingText);
             break;
           case GenerationPhase::kDenoising:
             if (update.denoise.step == 0) {
+              ledger.Enter(JobPhase::kDenoising);
               progress.OnPhase(JobPhase::kDenoising);
             } else {
               progress.OnStep(StepProgress{update.denoise.step, update.denoise.steps, update.denoise.step_seconds});
             }
             break;
           case GenerationPhase::kDecoding:
+            ledger.Enter(JobPhase::kDecoding);
             progress.OnPhase(JobPhase::kDecoding);
             break;
         }
@@ -119,6 +197,7 @@ absl::StatusOr<JobOutput> PipelineJobRunner::Run(const GenerationRequest& reques
   if (cancelled.load()) return absl::CancelledError("cancelled after decoding");
 
   // The same file `zoetrope generate` writes for these parameters.
+  ledger.Enter(JobPhase::kEncodingVideo);
   progress.OnPhase(JobPhase::kEncodingVideo);
   VideoOutputOptions video;
   const bool raw = request.format == ResultFormat::kRawSafetensors;
@@ -139,6 +218,7 @@ absl::StatusOr<JobOutput> PipelineJobRunner::Run(const GenerationRequest& reques
   output.denoise_seconds = result->denoise_seconds;
   output.attention_density = result->attention_density;
   output.gpus = capabilities_.gpus;
+  ledger.Finish(output);
   return output;
 }
 

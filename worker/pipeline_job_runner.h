@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 #include "worker/engine/pipeline_devices.h"
 #include "worker/engine/text_to_video.h"
+#include "worker/energy_meter.h"
 #include "worker/job_runner.h"
 
 namespace zoetrope {
@@ -59,6 +60,8 @@ class PipelineJobRunner final : public JobRunner {
   std::unique_ptr<TextToVideoPipeline> pipeline_;
   RunnerCapabilities capabilities_;
   double load_seconds_ = 0.0;
+  // The GPUs' energy (unavailable on the CPU, or where NVML cannot be loaded).
+  std::unique_ptr<EnergyMeter> energy_;
 };
 
 // The model name a folder announces: its last path component ("models/tiny" -> "tiny").

@@ -70,6 +70,18 @@ v1::Phase ToProto(JobPhase phase) {
   return v1::PHASE_UNSPECIFIED;
 }
 
+// The energy source and the per-phase figures of a finished job.
+void SetPhaseMeasurements(const JobOutput& output, v1::Measurements& measurements) {
+  measurements.set_energy_source(output.energy_source);
+  measurements.set_text_seconds(output.text_seconds);
+  measurements.set_decode_seconds(output.decode_seconds);
+  measurements.set_video_encode_seconds(output.video_encode_seconds);
+  measurements.set_text_energy_joules(output.text_energy_joules);
+  measurements.set_denoise_energy_joules(output.denoise_energy_joules);
+  measurements.set_decode_energy_joules(output.decode_energy_joules);
+  measurements.set_video_encode_energy_joules(output.video_encode_energy_joules);
+}
+
 }  // namespace
 
 // One stream to the scheduler. Writes come from several threads (reader, job, heartbeat) and gRPC allows
@@ -139,6 +151,7 @@ class WorkerAgent::StepReporter final : public ProgressSink {
 WorkerAgent::WorkerAgent(WorkerAgentOptions options, JobRunner& runner, WorkerMetrics* metrics)
     : options_(std::move(options)), runner_(runner), metrics_(metrics), capabilities_(runner.capabilities()) {
   if (options_.worker_id.empty()) options_.worker_id = DefaultWorkerId();
+  if (metrics_ != nullptr) metrics_->SetEnergySource(capabilities_.energy_source, capabilities_.energy_gpu_labels);
   if (options_.channel != nullptr) {
     channel_ = options_.channel;
   } else {
@@ -151,7 +164,9 @@ WorkerAgent::WorkerAgent(WorkerAgentOptions options, JobRunner& runner, WorkerMe
     // Notice a scheduler that vanished without closing the connection (network partition).
     arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
     arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-    channel_ = grpc::CreateCustomChannel(options_.scheduler_address, grpc::InsecureChannelCredentials(), arguments);
+    channel_ = grpc::CreateCustomChannel(
+        options_.scheduler_address,
+        options_.credentials != nullptr ? options_.credentials : grpc::InsecureChannelCredentials(), arguments);
   }
   stub_ = v1::WorkerService::NewStub(channel_);
   heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
@@ -201,6 +216,8 @@ v1::WorkerHello WorkerAgent::HelloLocked() const {
   capabilities->set_gpus(capabilities_.gpus);
   capabilities->set_sequence_parallel_degree(capabilities_.sequence_parallel_degree);
   capabilities->set_cfg_parallel_degree(capabilities_.cfg_parallel_degree);
+  capabilities->set_price_per_gpu_hour(options_.price_per_gpu_hour);
+  capabilities->set_gpu_kind(capabilities_.gpu_kind);
   capabilities->set_device_memory_bytes(capabilities_.device_memory_bytes);
   capabilities->set_max_tokens(capabilities_.max_tokens);
   for (ResultFormat format : capabilities_.formats) capabilities->add_output_formats(ToProto(format));
@@ -215,6 +232,7 @@ v1::WorkerHello WorkerAgent::HelloLocked() const {
 
 std::shared_ptr<WorkerAgent::Session> WorkerAgent::Connect() {
   auto session = std::make_shared<Session>();
+  if (!options_.token.empty()) session->context.AddMetadata("authorization", absl::StrCat("Bearer ", options_.token));
   session->stream = stub_->Connect(&session->context);
   v1::WorkerMessage hello;
   {
@@ -436,6 +454,8 @@ void WorkerAgent::RunJob(std::shared_ptr<HeldJob> job) {
       if (metrics_ != nullptr) metrics_->AttentionDensity(job->model, output->attention_density);
       completion.mutable_measurements()->set_gpu_energy_joules(output->gpu_energy_joules);
       completion.mutable_measurements()->set_gpus(output->gpus);
+      SetPhaseMeasurements(*output, *completion.mutable_measurements());
+      if (metrics_ != nullptr) metrics_->JobMeasured(job->model, *output);
       job->result_path = output->path;
       status_name = "succeeded";
     } else if (absl::IsCancelled(output.status()) && job->cancelled) {
@@ -491,6 +511,7 @@ void WorkerAgent::Deliver(const std::shared_ptr<HeldJob>& job) {
 }
 
 bool WorkerAgent::Upload(const std::shared_ptr<Session>& session, const HeldJob& job) {
+  const auto upload_start = std::chrono::steady_clock::now();
   if (job.completion.code() == kCodeOk) {
     v1::WorkerMessage phase;
     phase.mutable_progress()->set_job_id(job.job_id);
@@ -525,6 +546,11 @@ bool WorkerAgent::Upload(const std::shared_ptr<Session>& session, const HeldJob&
   }
   v1::WorkerMessage completion;
   *completion.mutable_completion() = job.completion;
+  if (job.completion.code() == kCodeOk) {
+    const double upload_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - upload_start).count();
+    completion.mutable_completion()->mutable_measurements()->set_upload_seconds(upload_seconds);
+    if (metrics_ != nullptr) metrics_->UploadFinished(job.model, upload_seconds);
+  }
   return session->Write(completion);
 }
 

@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/security/credentials.h"
 #include "worker/job_runner.h"
 #include "worker/worker_metrics.h"
 #include "zoetrope/v1/worker_service.grpc.pb.h"
@@ -26,6 +27,10 @@ struct WorkerAgentOptions {
   // host:port of the scheduler; ignored when `channel` is set (embedded mode).
   std::string scheduler_address = "127.0.0.1:50051";
   std::shared_ptr<grpc::Channel> channel;
+  // The scheduler's worker token, sent as `authorization: Bearer <token>` (docs/security.md); empty: none.
+  std::string token;
+  // Of the channel to `scheduler_address` (TLS, client certificate); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
   // Stable for the life of the process; empty: "<hostname>-<pid>".
   std::string worker_id;
   // Where results wait for their upload.
@@ -34,6 +39,9 @@ struct WorkerAgentOptions {
   absl::Duration reconnect_max_backoff = absl::Seconds(5);
   // On drain, a job still running after this long is handed back to the scheduler (queued again).
   absl::Duration drain_timeout = absl::Minutes(10);
+  // The price of one GPU-hour of this worker's pool in dollars, announced to the scheduler for the cost of
+  // its jobs (0: the scheduler's default price).
+  double price_per_gpu_hour = 0.0;
 };
 
 class WorkerAgent {

@@ -4,7 +4,11 @@
 //
 // SIGTERM drains: no new jobs, the running job finishes (or is handed back after --drain_timeout), exit 0.
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -16,12 +20,17 @@
 #include "common/log.h"
 #include "common/metrics_endpoint.h"
 #include "common/signals.h"
+#include "grpcpp/security/credentials.h"
 #include "parallel/sparsity_plan.h"
 #include "worker/pipeline_job_runner.h"
 #include "worker/worker_agent.h"
 #include "worker/worker_metrics.h"
 
-ABSL_FLAG(std::string, scheduler, "127.0.0.1:50051", "scheduler address (host:port)");
+ABSL_FLAG(std::string, scheduler, "127.0.0.1:50051", "scheduler's worker address (host:port; its --worker_listen)");
+ABSL_FLAG(std::string, token, "", "the scheduler's worker token (docs/security.md); $ZOETROPE_WORKER_TOKEN when not given");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the scheduler's TLS certificate (empty: plaintext)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate for mTLS (with --tls_ca and --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, model, "models/tiny", "model folder: DiT, text encoder, VAE and tokenizer");
 ABSL_FLAG(std::string, model_name, "", "model name announced to the scheduler (default: the folder's name)");
 ABSL_FLAG(std::string, worker_id, "", "worker id, stable across reconnects (default: <hostname>-<pid>)");
@@ -45,10 +54,44 @@ ABSL_FLAG(std::string, work_dir, "", "folder for results before upload (default:
 ABSL_FLAG(int32_t, metrics_port, 9465, "port of /metrics (0 picks a free one, -1 disables it)");
 ABSL_FLAG(std::string, metrics_host, "0.0.0.0", "address /metrics listens on");
 ABSL_FLAG(absl::Duration, reconnect_max_backoff, absl::Seconds(5), "longest wait between reconnect attempts");
+ABSL_FLAG(double, price_per_gpu_hour, 0.0,
+          "price of one GPU-hour of this worker's pool in dollars, for the cost of its jobs (0: the scheduler's)");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Minutes(10),
           "on SIGTERM, a job still running after this long is handed back to the scheduler");
 
 namespace zoetrope {
+
+absl::StatusOr<std::string> ReadFlagFile(const std::string& path, const char* flag) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+// Null (plaintext) without --tls_ca; TLS, and mTLS with --tls_cert and --tls_key.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsCredentialsFromFlags() {
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca), cert = absl::GetFlag(FLAGS_tls_cert),
+                    key = absl::GetFlag(FLAGS_tls_key);
+  if (cert.empty() != key.empty()) return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  if (ca.empty()) {
+    if (!cert.empty()) return absl::InvalidArgumentError("--tls_cert needs --tls_ca (TLS)");
+    return std::shared_ptr<grpc::ChannelCredentials>();
+  }
+  grpc::SslCredentialsOptions options;
+  absl::StatusOr<std::string> ca_pem = ReadFlagFile(ca, "--tls_ca");
+  if (!ca_pem.ok()) return ca_pem.status();
+  options.pem_root_certs = *ca_pem;
+  if (!cert.empty()) {
+    absl::StatusOr<std::string> cert_pem = ReadFlagFile(cert, "--tls_cert");
+    if (!cert_pem.ok()) return cert_pem.status();
+    absl::StatusOr<std::string> key_pem = ReadFlagFile(key, "--tls_key");
+    if (!key_pem.ok()) return key_pem.status();
+    options.pem_cert_chain = *cert_pem;
+    options.pem_private_key = *key_pem;
+  }
+  return grpc::SslCredentials(options);
+}
 
 int WorkerMain() {
   WorkerMetrics metrics;
@@ -96,17 +139,30 @@ int WorkerMain() {
   metrics.ModelLoaded(capabilities.models.front(), (*runner)->load_seconds());
   Log("worker", "model ", capabilities.models.front(), " loaded from ", pipeline.model_path, " in ",
       absl::StrFormat("%.2f", (*runner)->load_seconds()), " s on ", capabilities.backend, " (",
-      capabilities.gpus, " GPUs, sp=", capabilities.sequence_parallel_degree, " cfg=", capabilities.cfg_parallel_degree,
+      capabilities.gpus, " GPUs, energy ", capabilities.energy_source, ", sp=", capabilities.sequence_parallel_degree,
+      " cfg=", capabilities.cfg_parallel_degree,
       ")",
       endpoint != nullptr ? absl::StrCat("; /metrics on port ", endpoint->port()) : "");
 
   WorkerAgentOptions options;
   options.scheduler_address = absl::GetFlag(FLAGS_scheduler);
+  options.token = absl::GetFlag(FLAGS_token);
+  if (options.token.empty()) {
+    if (const char* token = std::getenv("ZOETROPE_WORKER_TOKEN"); token != nullptr) options.token = token;
+  }
+  if (absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = TlsCredentialsFromFlags();
+      !credentials.ok()) {
+    std::fprintf(stderr, "zoetrope-worker: %s\n", std::string(credentials.status().message()).c_str());
+    return 2;
+  } else {
+    options.credentials = *credentials;
+  }
   options.worker_id = absl::GetFlag(FLAGS_worker_id);
   options.work_directory = absl::GetFlag(FLAGS_work_dir);
   if (options.work_directory.empty()) options.work_directory = std::filesystem::temp_directory_path().string();
   options.reconnect_max_backoff = absl::GetFlag(FLAGS_reconnect_max_backoff);
   options.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  options.price_per_gpu_hour = absl::GetFlag(FLAGS_price_per_gpu_hour);
   std::error_code error;
   std::filesystem::create_directories(options.work_directory, error);
   if (error) {

@@ -74,10 +74,13 @@ struct GemmShape {
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   cudaDataType_t bias_type = CUDA_R_32F;
   int align_a = 256, align_b = 256, align_c = 256;
+  // CUBLAS_COMPUTE_32F (fp32 accumulation; a true fp32 product for F32 operands) or
+  // CUBLAS_COMPUTE_32F_FAST_TF32 (F32 operands rounded to TF32 on tensor cores; only Conv3d asks for it).
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
 
   auto Tie() const {
     return std::tie(trans_a, trans_b, m, n, k, lda, ldb, ldc, operand_type, output_type, epilogue, bias_type, align_a,
-                    align_b, align_c);
+                    align_b, align_c, compute);
   }
   bool operator<(const GemmShape& other) const { return Tie() < other.Tie(); }
 };
@@ -113,6 +116,21 @@ class DeviceScope {
 
 enum class LinearBias { kCompute, kF32, kSeparate };
 
+// How Conv3d multiplies (the VAE's convolutions): see CudaBackendOptions::conv_precision.
+enum class ConvPrecision { kBf16, kTf32, kF32 };
+
+absl::StatusOr<ConvPrecision> ParseConvPrecision(const std::string& name) {
+  if (name == "bf16") return ConvPrecision::kBf16;
+  if (name == "tf32") return ConvPrecision::kTf32;
+  if (name == "fp32") return ConvPrecision::kF32;
+  return absl::InvalidArgumentError(
+      absl::StrCat("conv_precision (ZOETROPE_CONV_PRECISION) must be bf16, tf32 or fp32, got '", name, "'"));
+}
+
+// Tiled attention (head widths without a flash kernel): query rows per tile are chosen so that one
+// F32 score tile [rows, keys] stays under this size.
+constexpr size_t kAttentionScoreBudgetBytes = size_t{256} << 20;
+
 absl::StatusOr<LinearBias> ParseLinearBias(const std::string& name) {
   if (name == "compute") return LinearBias::kCompute;
   if (name == "f32") return LinearBias::kF32;
@@ -124,11 +142,13 @@ absl::StatusOr<LinearBias> ParseLinearBias(const std::string& name) {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device_index, cudaStream_t stream, cublasLtHandle_t cublas,
-              cuda::AttentionImplementation attention_implementation, LinearBias linear_bias)
+              cuda::AttentionImplementation attention_implementation, LinearBias linear_bias,
+              ConvPrecision conv_precision)
       : device_index_(device_index),
         stream_(stream),
         cublas_(cublas),
         attention_implementation_(attention_implementation),
+        conv_precision_(conv_precision),
         linear_bias_(linear_bias),
         allocator_(CudaAllocator::Create(device_index)) {
     workspace_ = allocator_->Allocate(kGemmWorkspaceBytes);
@@ -384,16 +404,10 @@ class CudaBackend final : public Backend {
     ZCHECK_MSG(q.rank() == 3 && k.rank() == 3 && v.shape() == k.shape() && q.dim(1) == k.dim(1) && q.dim(2) == k.dim(2),
                "Attention q " << q.DebugString() << " k " << k.DebugString() << " v " << v.DebugString());
     if (!cuda::AttentionSupportsHeadDim(static_cast<int>(q.dim(2)))) {
-      // The tiled kernel is built for head dims 64 and 128 (the DiT and the text encoder). Other widths
-      // (the VAE's single-head per-frame attention, d = 384) are short sequences: run them through the
-      // plain attention-with-bias kernel with a zero bias, in the inputs' dtype.
+      // The flash kernel is built for head dims 64 and 128 (the DiT and the text encoder). Other widths
+      // (the VAE's single-head per-frame attention, d = 384, up to 65,536 positions at 2048²) run tiled.
       ZCHECK_MSG(layout == nullptr, "block-sparse attention needs head dim 64 or 128, got " << q.dim(2));
-      DeviceScope scope(device_index_);
-      const Tensor key16 = k.dtype() == q.dtype() ? k : CastOnDevice(k, q.dtype());
-      const Tensor value16 = v.dtype() == q.dtype() ? v : CastOnDevice(v, q.dtype());
-      Tensor zero_bias = New({q.dim(1), q.dim(0), k.dim(0)}, DType::kF32);
-      ZCUDA_CHECK(cudaMemsetAsync(zero_bias.raw_data(), 0, zero_bias.nbytes(), stream_));
-      return AttentionWithBias(q, key16, value16, zero_bias, scale);
+      return TiledAttention(q, k, v, scale);
     }
     ZCHECK(q.dim(0) <= 0x7fffffff && k.dim(0) <= 0x7fffffff);
     CheckOnDevice(q, "Attention");
@@ -480,15 +494,23 @@ class CudaBackend final : public Backend {
     Tensor y = New({out_frames, out_channels, geometry.out_height, geometry.out_width}, DType::kF32);
     const int64_t reduction = geometry.in_channels * geometry.kernel_t * geometry.kernel_h * geometry.kernel_w;
     const int64_t out_plane = geometry.out_height * geometry.out_width;
-    const int64_t row_bytes = reduction * geometry.out_width * static_cast<int64_t>(sizeof(float));
+    const int64_t row_bytes = reduction * geometry.out_width *
+                              static_cast<int64_t>(conv_precision_ == ConvPrecision::kBf16 ? 2 : sizeof(float));
     const int64_t rows_per_chunk =
         std::clamp<int64_t>(static_cast<int64_t>(kConvColumnBudgetBytes) / row_bytes, 1, geometry.out_height);
-    Tensor columns = New({reduction, rows_per_chunk * geometry.out_width}, DType::kF32);
+    // bf16: the im2col columns and the weight are rounded to bf16 (tensor cores, fp32 accumulation, F32
+    // output), as PyTorch's bf16 autocast runs the reference VAE; tf32: F32 operands on TF32 tensor cores
+    // (PyTorch's cuDNN default); fp32: a true fp32 product.
+    const bool bf16 = conv_precision_ == ConvPrecision::kBf16;
+    const DType operand_dtype = bf16 ? DType::kBF16 : DType::kF32;
+    const Tensor weight_operand = bf16 ? CastOnDevice(weight, DType::kBF16) : weight;
+    Tensor columns = New({reduction, rows_per_chunk * geometry.out_width}, operand_dtype);
     for (int64_t t = 0; t < out_frames; ++t) {
       for (int64_t row = 0; row < geometry.out_height; row += rows_per_chunk) {
         const int64_t rows = std::min(rows_per_chunk, geometry.out_height - row);
         const int64_t positions = rows * geometry.out_width;
-        cuda::LaunchIm2Col(x.data<float>(), columns.data<float>(), geometry, t, row, rows, stream_);
+        cuda::LaunchIm2Col(x.data<float>(), columns.raw_data(), ElementTypeOf(operand_dtype), geometry, t, row, rows,
+                           stream_);
         // Y[o, position] = Σ_k W[o, k] · columns[k, position]; column-major C[position, o] = A[position, k]·B[k, o].
         float* output = y.data<float>() + (t * out_channels) * out_plane + row * geometry.out_width;
         GemmShape shape;
@@ -498,10 +520,12 @@ class CudaBackend final : public Backend {
         shape.lda = positions;
         shape.ldb = reduction;
         shape.ldc = out_plane;
+        shape.operand_type = CudaDataTypeOf(operand_dtype);
+        shape.compute = conv_precision_ == ConvPrecision::kTf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
         shape.align_a = PointerAlignment(columns.raw_data());
-        shape.align_b = PointerAlignment(weight.raw_data());
+        shape.align_b = PointerAlignment(weight_operand.raw_data());
         shape.align_c = PointerAlignment(output);
-        ZCHECK_MSG(Gemm(shape, columns.raw_data(), weight.raw_data(), output, nullptr),
+        ZCHECK_MSG(Gemm(shape, columns.raw_data(), weight_operand.raw_data(), output, nullptr),
                    "cuBLASLt has no algorithm for Conv3d x " << x.DebugString() << " weight " << weight.DebugString());
       }
     }
@@ -626,6 +650,67 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // o = softmax(scale · q kᵀ) v per head, one tile of query rows at a time: S = q_tile · kᵀ (fp32
+  // product), row softmax in place, o_tile = S · v. Memory is one F32 [tile, Lk] score buffer (bounded by
+  // kAttentionScoreBudgetBytes), never [Lq, Lk]. Computed in F32 whatever the inputs' dtype.
+  Tensor TiledAttention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+    CheckOnDevice(q, "Attention");
+    CheckOnDevice(k, "Attention");
+    CheckOnDevice(v, "Attention");
+    DeviceScope scope(device_index_);
+    const Tensor q32 = q.dtype() == DType::kF32 ? q : CastOnDevice(q, DType::kF32);
+    const Tensor k32 = k.dtype() == DType::kF32 ? k : CastOnDevice(k, DType::kF32);
+    const Tensor v32 = v.dtype() == DType::kF32 ? v : CastOnDevice(v, DType::kF32);
+    const int64_t queries = q.dim(0), keys = k.dim(0), heads = q.dim(1), head_dim = q.dim(2);
+    const int64_t stride = heads * head_dim;
+    Tensor out = New(q.shape(), DType::kF32);
+    if (queries == 0) return q.dtype() == DType::kF32 ? out : CastOnDevice(out, q.dtype());
+    const int64_t key_bytes = std::max<int64_t>(1, keys) * static_cast<int64_t>(sizeof(float));
+    const int64_t tile =
+        std::clamp<int64_t>(static_cast<int64_t>(kAttentionScoreBudgetBytes) / key_bytes, 1, queries);
+    Tensor scores = New({tile, std::max<int64_t>(1, keys)}, DType::kF32);
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t row0 = 0; row0 < queries; row0 += tile) {
+        const int64_t rows = std::min(tile, queries - row0);
+        const float* q_tile = q32.data<float>() + row0 * stride + h * head_dim;
+        const float* k_head = k32.data<float>() + h * head_dim;
+        const float* v_head = v32.data<float>() + h * head_dim;
+        float* o_tile = out.data<float>() + row0 * stride + h * head_dim;
+        if (keys == 0) {
+          ZCUDA_CHECK(cudaMemset2DAsync(o_tile, stride * sizeof(float), 0, head_dim * sizeof(float), rows, stream_));
+          continue;
+        }
+        // Column-major: Sᵀ[keys, rows] = K[keys, d] · Q_tileᵀ[d, rows] (row-major S[rows, keys]).
+        GemmShape logits;
+        logits.trans_a = CUBLAS_OP_T;
+        logits.m = keys;
+        logits.n = rows;
+        logits.k = head_dim;
+        logits.lda = stride;
+        logits.ldb = stride;
+        logits.ldc = keys;
+        logits.align_a = PointerAlignment(k_head);
+        logits.align_b = PointerAlignment(q_tile);
+        logits.align_c = PointerAlignment(scores.raw_data());
+        ZCHECK_MSG(Gemm(logits, k_head, q_tile, scores.raw_data(), nullptr), "cuBLASLt has no algorithm for q·kᵀ");
+        cuda::LaunchSoftmaxRows(scores.data<float>(), rows, keys, scale, stream_);
+        // Column-major: O_tileᵀ[d, rows] = Vᵀ[d, keys] · Sᵀ[keys, rows].
+        GemmShape weighted;
+        weighted.m = head_dim;
+        weighted.n = rows;
+        weighted.k = keys;
+        weighted.lda = stride;
+        weighted.ldb = keys;
+        weighted.ldc = stride;
+        weighted.align_a = PointerAlignment(v_head);
+        weighted.align_b = PointerAlignment(scores.raw_data());
+        weighted.align_c = PointerAlignment(o_tile);
+        ZCHECK_MSG(Gemm(weighted, v_head, scores.raw_data(), o_tile, nullptr), "cuBLASLt has no algorithm for p·v");
+      }
+    }
+    return q.dtype() == DType::kF32 ? out : CastOnDevice(out, q.dtype());
+  }
+
   Tensor New(const Shape& shape, DType dtype) {
     const size_t bytes = static_cast<size_t>(NumElements(shape)) * DTypeSize(dtype);
     return Tensor(allocator_->Allocate(bytes), 0, shape, dtype);
@@ -695,7 +780,7 @@ class CudaBackend final : public Backend {
     if (found != plans_.end()) return found->second;
     GemmPlan plan;
     // fp32 accumulation always; for F32 operands this is a true fp32 product (no TF32).
-    ZCUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.operation, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    ZCUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.operation, shape.compute, CUDA_R_32F));
     ZCUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.operation, CUBLASLT_MATMUL_DESC_TRANSA, &shape.trans_a,
                                                  sizeof(shape.trans_a)));
     ZCUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.operation, CUBLASLT_MATMUL_DESC_TRANSB, &shape.trans_b,
@@ -785,6 +870,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_;
   cublasLtHandle_t cublas_;
   const cuda::AttentionImplementation attention_implementation_;
+  const ConvPrecision conv_precision_;
   const LinearBias linear_bias_;
   std::shared_ptr<CudaAllocator> allocator_;
   std::shared_ptr<Storage> workspace_;
@@ -810,6 +896,9 @@ CudaBackendOptions CudaBackendOptionsFromEnvironment() {
   if (const char* value = std::getenv("ZOETROPE_LINEAR_BIAS"); value != nullptr && *value != '\0') {
     options.linear_bias = value;
   }
+  if (const char* value = std::getenv("ZOETROPE_CONV_PRECISION"); value != nullptr && *value != '\0') {
+    options.conv_precision = value;
+  }
   return options;
 }
 
@@ -822,6 +911,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_index, con
   }
   absl::StatusOr<LinearBias> linear_bias = ParseLinearBias(options.linear_bias);
   if (!linear_bias.ok()) return linear_bias.status();
+  absl::StatusOr<ConvPrecision> conv_precision = ParseConvPrecision(options.conv_precision);
+  if (!conv_precision.ok()) return conv_precision.status();
   const int count = CudaDeviceCount();
   if (device_index < 0 || device_index >= count) {
     return absl::NotFoundError(absl::StrCat("CUDA device ", device_index, " does not exist (", count,
@@ -853,7 +944,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_index, con
     cudaSetDevice(previous);
     return absl::InternalError(absl::StrCat("cublasLtCreate: ", cublasLtGetStatusString(status)));
   }
-  auto backend = std::make_unique<CudaBackend>(device_index, stream, cublas, attention_implementation, *linear_bias);
+  auto backend = std::make_unique<CudaBackend>(device_index, stream, cublas, attention_implementation, *linear_bias,
+                                              *conv_precision);
   cudaSetDevice(previous);
   return backend;
 }

@@ -35,9 +35,15 @@ struct CudaBackendOptions {
   // product, then one bias/activation pass). Measured on H100 (1.3B DiT, 32,760 tokens): cuBLASLt picks much
   // faster kernels for a bf16 bias; the K = 1536 projections ran at 680 TFLOP/s against 410 with the others.
   std::string linear_bias = "compute";
+  // How Conv3d (the VAE's convolutions) multiplies its im2col columns by the weight, always with fp32
+  // accumulation and F32 output: "bf16" (default: operands rounded to bf16, tensor cores, as PyTorch's
+  // bf16 autocast runs the VAE), "tf32" (F32 operands on TF32 tensor cores, PyTorch's cuDNN default)
+  // or "fp32" (a true fp32 product; the accuracy reference the VAE benchmark compares against).
+  std::string conv_precision = "bf16";
 };
 
-// The options from the environment: ZOETROPE_ATTENTION_KERNEL and ZOETROPE_LINEAR_BIAS (unset: defaults).
+// The options from the environment: ZOETROPE_ATTENTION_KERNEL, ZOETROPE_LINEAR_BIAS and
+// ZOETROPE_CONV_PRECISION (unset: defaults).
 CudaBackendOptions CudaBackendOptionsFromEnvironment();
 
 // A backend on device `device_index`. Errors: INVALID_ARGUMENT naming an unknown option value,

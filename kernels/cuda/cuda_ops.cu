@@ -213,7 +213,8 @@ __global__ void UnpatchifyKernel(const T* tokens, float* latent, int64_t channel
   }
 }
 
-__global__ void Im2ColKernel(const float* x, float* columns, const ConvGeometry g, int64_t out_frame,
+template <typename Out>
+__global__ void Im2ColKernel(const float* x, Out* columns, const ConvGeometry g, int64_t out_frame,
                              int64_t row_begin, int64_t rows) {
   const int64_t positions = rows * g.out_width;
   const int64_t reduction = g.in_channels * g.kernel_t * g.kernel_h * g.kernel_w;
@@ -229,8 +230,47 @@ __global__ void Im2ColKernel(const float* x, float* columns, const ConvGeometry 
     if (frame >= 0 && frame < g.frames && row >= 0 && row < g.height && column >= 0 && column < g.width) {
       value = x[((frame * g.in_channels + c) * g.height + row) * g.width + column];
     }
-    columns[i] = value;
+    Store(columns, i, value);
   }
+}
+
+// One block per row: maximum, then Σ exp, then normalise (three passes over a row that stays in L2).
+__global__ void SoftmaxRowsKernel(float* scores, int64_t columns, float scale) {
+  float* row = scores + blockIdx.x * columns;
+  __shared__ float reduce[32];
+  auto block_reduce = [&](float value, bool is_max) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const float other = __shfl_xor_sync(0xffffffffu, value, offset);
+      value = is_max ? fmaxf(value, other) : value + other;
+    }
+    if (threadIdx.x % 32 == 0) reduce[threadIdx.x / 32] = value;
+    __syncthreads();
+    const int warps = blockDim.x / 32;
+    value = threadIdx.x < warps ? reduce[threadIdx.x] : (is_max ? -INFINITY : 0.0f);
+    if (threadIdx.x < 32) {
+      for (int offset = 16; offset > 0; offset /= 2) {
+        const float other = __shfl_xor_sync(0xffffffffu, value, offset);
+        value = is_max ? fmaxf(value, other) : value + other;
+      }
+      if (threadIdx.x == 0) reduce[0] = value;
+    }
+    __syncthreads();
+    const float result = reduce[0];
+    __syncthreads();
+    return result;
+  };
+  float maximum = -INFINITY;
+  for (int64_t j = threadIdx.x; j < columns; j += blockDim.x) maximum = fmaxf(maximum, row[j] * scale);
+  maximum = block_reduce(maximum, true);
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j < columns; j += blockDim.x) {
+    const float e = maximum == -INFINITY ? 0.0f : __expf(row[j] * scale - maximum);
+    row[j] = e;
+    sum += e;
+  }
+  sum = block_reduce(sum, false);
+  const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+  for (int64_t j = threadIdx.x; j < columns; j += blockDim.x) row[j] *= inverse;
 }
 
 __global__ void AddChannelBiasKernel(float* y, const float* bias, int64_t frames, int64_t channels, int64_t positions) {
@@ -668,12 +708,23 @@ void LaunchUnpatchify(const void* tokens, ElementType type, float* latent, int64
   ZCUDA_CHECK_LAUNCH();
 }
 
-void LaunchIm2Col(const float* x, float* columns, const ConvGeometry& geometry, int64_t out_frame, int64_t row_begin,
-                  int64_t rows, cudaStream_t stream) {
+void LaunchIm2Col(const float* x, void* columns, ElementType columns_type, const ConvGeometry& geometry,
+                  int64_t out_frame, int64_t row_begin, int64_t rows, cudaStream_t stream) {
   const int64_t count =
       geometry.in_channels * geometry.kernel_t * geometry.kernel_h * geometry.kernel_w * rows * geometry.out_width;
   if (count == 0) return;
-  Im2ColKernel<<<GridFor(count), kThreads, 0, stream>>>(x, columns, geometry, out_frame, row_begin, rows);
+  DispatchType(columns_type, [&](auto* tag) {
+    using Out = std::remove_pointer_t<decltype(tag)>;
+    Im2ColKernel<Out><<<GridFor(count), kThreads, 0, stream>>>(x, static_cast<Out*>(columns), geometry, out_frame,
+                                                               row_begin, rows);
+  });
+  ZCUDA_CHECK_LAUNCH();
+}
+
+void LaunchSoftmaxRows(float* scores, int64_t rows, int64_t columns, float scale, cudaStream_t stream) {
+  if (rows == 0 || columns == 0) return;
+  ZCHECK(rows <= 0x7fffffff);
+  SoftmaxRowsKernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(scores, columns, scale);
   ZCUDA_CHECK_LAUNCH();
 }
 

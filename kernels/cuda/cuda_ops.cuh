@@ -68,8 +68,10 @@ struct ConvGeometry {
 };
 // columns[K, rows·out_width] for output frame `out_frame`, output rows [row_begin, row_begin + rows),
 // K index = ((c·kt + a)·kh + p)·kw + q (the flattened weight's column), zero outside the padded input.
-void LaunchIm2Col(const float* x, float* columns, const ConvGeometry& geometry, int64_t out_frame, int64_t row_begin,
-                  int64_t rows, cudaStream_t stream);
+// `columns_type` is F32 (fp32 and TF32 products) or BF16 (bf16 tensor-core products; each value rounded
+// to nearest even).
+void LaunchIm2Col(const float* x, void* columns, ElementType columns_type, const ConvGeometry& geometry,
+                  int64_t out_frame, int64_t row_begin, int64_t rows, cudaStream_t stream);
 // y[t, c, position] += bias[c].
 void LaunchAddChannelBias(float* y, const float* bias, int64_t frames, int64_t channels, int64_t positions,
                           cudaStream_t stream);
@@ -80,6 +82,9 @@ void LaunchUpsampleNearest2x(const float* x, float* y, int64_t planes, int64_t h
 void LaunchSwapAxes(const void* x, void* y, int element_bytes, int64_t batch, int64_t rows, int64_t columns,
                     int64_t inner, cudaStream_t stream);
 void LaunchClamp(const float* x, float* y, int64_t count, float minimum, float maximum, cudaStream_t stream);
+// In place on F32 scores[rows, columns]: each row becomes softmax(scale · row) (row maximum subtracted,
+// sums in fp32). One tile of the tiled attention for head widths the flash kernel is not built for.
+void LaunchSoftmaxRows(float* scores, int64_t rows, int64_t columns, float scale, cudaStream_t stream);
 
 // ---- text encoder ----
 // out[n, :] = table[ids[n], :] converted to output_type.

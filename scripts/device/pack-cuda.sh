@@ -5,7 +5,7 @@
 # `carry` (unpack it there first, see below). build-cuda-carry/commit records the commit it was built
 # from (+ "-dirty" when tracked files differed): the device scripts put it into every result file.
 #   scripts/device/pack-cuda.sh [--pipeline] [BUILD_DIR]      (default build-cuda)
-# Without --pipeline: cuda_backend_test, zoetrope-dit-bench, zoetrope-attention-bench (cuda-check.sh),
+# Without --pipeline: cuda_backend_test, zoetrope-dit-bench, zoetrope-vae-bench (bench-vae.sh), zoetrope-attention-bench (cuda-check.sh),
 # zoetrope-attention-plan (the CSR dumps of bench-sparse-attention.sh) and zoetrope-attention-fidelity
 # (pipeline-check.sh fidelity13b).
 set -euo pipefail
@@ -18,7 +18,7 @@ build=${1:-$root/build-cuda}
 carry=$root/build-cuda-carry
 cmake -S "$root" -B "$build" -G Ninja -DZOETROPE_CUDA=ON >/dev/null
 binaries=(cuda_backend_test zoetrope-dit-bench zoetrope-attention-bench zoetrope-attention-plan
-          zoetrope-attention-fidelity)
+          zoetrope-attention-fidelity zoetrope-vae-bench)
 $pipeline && binaries+=(zoetrope zoetrope-dit zoetrope-mkweights zoetrope-mkweights-text zoetrope-mkweights-vae)
 ninja -C "$build" -j2 "${binaries[@]}"
 rm -rf "$carry"

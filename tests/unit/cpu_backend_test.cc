@@ -2,6 +2,7 @@
 // kernels/backend.h.
 #include "kernels/cpu/cpu_backend.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -147,6 +148,34 @@ TEST_F(CpuBackendTest, DenseAttentionMatchesDoubleReference) {
   const double scale = 0.25;
   EXPECT_LT(RelativeL2(NaiveAttention(q, k, v, scale, nullptr, 1), backend_->Attention(q, k, v, 0.25f, nullptr)),
             1e-5);
+}
+
+// The VAE's mid-block attention: one head whose width is the channel count (384 for Wan2.1).
+TEST_F(CpuBackendTest, VaeHeadWidthAttentionMatchesDoubleReference) {
+  const Tensor q = Random({270, 1, 384}, 21), k = Random({190, 1, 384}, 22), v = Random({190, 1, 384}, 23);
+  const float scale = static_cast<float>(1.0 / std::sqrt(384.0));
+  EXPECT_LT(RelativeL2(NaiveAttention(q, k, v, scale, nullptr, 1), backend_->Attention(q, k, v, scale, nullptr)),
+            1e-5);
+}
+
+// 65,536 keys of width 384: the one-frame 2048×2048 request (a 256×256 latent) whose attention used to
+// build an [L, L] bias and abort above ~50,800 keys. The CPU kernel holds one [256, keys] score tile at a
+// time (memory O(keys · 256), not O(keys²)); queries are kept to two tiles (the second partial) so the
+// test stays fast, and rows on both sides of the tile boundary are checked against fp64.
+TEST_F(CpuBackendTest, AttentionOver65536KeysMatchesDoubleReference) {
+  constexpr int64_t kKeys = 65536, kQueries = 260, kWidth = 384;
+  const Tensor q = Random({kQueries, 1, kWidth}, 31), k = Random({kKeys, 1, kWidth}, 32),
+               v = Random({kKeys, 1, kWidth}, 33);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(kWidth)));
+  const Tensor out = backend_->Attention(q, k, v, scale, nullptr);
+  ASSERT_EQ(out.shape(), q.shape());
+  for (int64_t row : {int64_t{0}, int64_t{255}, int64_t{256}, kQueries - 1}) {
+    Tensor one = Tensor::Host({1, 1, kWidth}, DType::kF32);
+    std::copy_n(q.data<float>() + row * kWidth, kWidth, one.data<float>());
+    const std::vector<double> expected = NaiveAttention(one, k, v, scale, nullptr, 1);
+    const std::vector<float> actual(out.data<float>() + row * kWidth, out.data<float>() + (row + 1) * kWidth);
+    EXPECT_LT(RelativeL2(expected, actual), 1e-4) << "query row " << row;
+  }
 }
 
 TEST_F(CpuBackendTest, BlockSparseAttentionVisitsOnlyListedBlocks) {

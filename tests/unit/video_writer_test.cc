@@ -565,6 +565,71 @@ TEST_F(VideoWriterTest, RawRoundTripsBitForBit) {
   EXPECT_EQ((*file)->metadata().at("comment"), "seed: 5");
 }
 
+// Frames [begin, begin + count) of a video as their own tensor (what one VAE chunk hands over).
+Tensor FrameRange(const Tensor& video, int64_t begin, int64_t count) {
+  Tensor part = Tensor::Host({count, 3, video.dim(2), video.dim(3)}, DType::kF32);
+  const int64_t frame = 3 * video.dim(2) * video.dim(3);
+  std::copy_n(video.data<float>() + begin * frame, count * frame, part.data<float>());
+  return part;
+}
+
+// Encode-while-decoding: the VAE hands over 1 frame, then 4 per latent frame. Streamed in those batches,
+// every format's output must equal WriteVideo's for the whole tensor, byte for byte.
+TEST_F(VideoWriterTest, StreamedBatchesGiveTheSameBytesAsOneWrite) {
+  const Tensor video = MovingGradient(kFrames, kHeight, kWidth, 777);
+  ASSERT_GE(kFrames, 6);
+  for (VideoFormat format : {VideoFormat::kMp4, VideoFormat::kPng, VideoFormat::kRaw}) {
+    const std::string name = VideoFormatName(format);
+    VideoOutputOptions whole;
+    whole.format = format;
+    whole.comment = "prompt: streamed; seed: 777";
+    whole.path = PathOf("whole_" + name);
+    ASSERT_TRUE(WriteVideo(video, whole).ok()) << name;
+    VideoOutputOptions streamed = whole;
+    streamed.path = PathOf("streamed_" + name);
+    absl::StatusOr<std::unique_ptr<VideoStreamWriter>> writer = VideoStreamWriter::Open(streamed, kHeight, kWidth);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    int64_t begin = 0;
+    for (int64_t count = 1; begin < kFrames; begin += count, count = 4) {
+      ASSERT_TRUE((*writer)->Append(FrameRange(video, begin, std::min<int64_t>(count, kFrames - begin))).ok()) << name;
+    }
+    ASSERT_TRUE((*writer)->Finish().ok()) << name;
+    if (format == VideoFormat::kPng) {
+      for (int index = 0; index < kFrames; ++index) {
+        char frame[32];
+        std::snprintf(frame, sizeof(frame), "frame_%05d.png", index);
+        EXPECT_EQ(ReadFile((fs::path(whole.path) / frame).string()), ReadFile((fs::path(streamed.path) / frame).string()))
+            << frame;
+      }
+    } else {
+      const std::string bytes = ReadFile(whole.path);
+      EXPECT_GT(bytes.size(), 1000u) << name;
+      EXPECT_TRUE(bytes == ReadFile(streamed.path)) << name << ": streamed output differs from WriteVideo's";
+    }
+  }
+  EXPECT_TRUE(LeftoverTemporaryFiles().empty());
+}
+
+TEST_F(VideoWriterTest, StreamedNonFiniteValueNamesTheWholeVideoFrameAndLeavesNothing) {
+  Tensor video = MovingGradient(6, kHeight, kWidth, 5);
+  video.data<float>()[4 * 3 * kHeight * kWidth + 7] = std::numeric_limits<float>::quiet_NaN();  // frame 4
+  VideoOutputOptions options;
+  options.path = PathOf("nan.mp4");
+  {
+    absl::StatusOr<std::unique_ptr<VideoStreamWriter>> writer = VideoStreamWriter::Open(options, kHeight, kWidth);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    ASSERT_TRUE((*writer)->Append(FrameRange(video, 0, 1)).ok());
+    const absl::Status status = (*writer)->Append(FrameRange(video, 1, 5));
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(status.message().find("frame 4 "), std::string::npos) << status;
+  }  // destroyed without Finish
+  EXPECT_FALSE(fs::exists(options.path));
+  EXPECT_TRUE(LeftoverTemporaryFiles().empty());
+  // Settings are checked at Open.
+  options.path = PathOf("odd.mp4");
+  EXPECT_EQ(VideoStreamWriter::Open(options, kHeight + 1, kWidth).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(VideoWriterTest, RejectsBadShapesAndTypes) {
   VideoOutputOptions options;
   options.path = PathOf("bad.mp4");

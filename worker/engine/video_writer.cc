@@ -8,12 +8,15 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -143,7 +146,33 @@ void QuietFfmpegLogging() {
   std::call_once(once, [] { av_log_set_level(AV_LOG_ERROR); });
 }
 
-absl::Status ValidateFrames(const Tensor& frames, const VideoOutputOptions& options) {
+// The output settings and the frame size rules (mp4: even sides up to 16384, frame rate and crf ranges).
+absl::Status ValidateSettings(const VideoOutputOptions& options, int64_t height, int64_t width) {
+  const std::string prefix = absl::StrCat(options.path, ": ");
+  if (options.path.empty()) return absl::InvalidArgumentError("video output: the output path is empty");
+  if (options.format == VideoFormat::kMp4) {
+    if (height % 2 != 0 || width % 2 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(prefix, "mp4 (yuv420p) needs an even height and width, got ",
+                                                     height, "x", width, " (height x width)"));
+    }
+    if (height > 16384 || width > 16384) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(prefix, "mp4 frames larger than 16384 pixels a side are not supported, got ", height,
+                       "x", width));
+    }
+    if (options.frames_per_second < 1 || options.frames_per_second > 1000) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(prefix, "frames_per_second must be within [1, 1000], got ", options.frames_per_second));
+    }
+    if (options.crf < 0 || options.crf > 51) {
+      return absl::InvalidArgumentError(absl::StrCat(prefix, "crf must be within [0, 51], got ", options.crf));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// `first_frame`: the index of frames[0] in the whole video (error messages name whole-video frames).
+absl::Status ValidateFrames(const Tensor& frames, const VideoOutputOptions& options, int64_t first_frame = 0) {
   const std::string prefix = absl::StrCat(options.path, ": ");
   if (options.path.empty()) return absl::InvalidArgumentError("video output: the output path is empty");
   if (!frames.defined()) return absl::InvalidArgumentError(absl::StrCat(prefix, "the video tensor is undefined"));
@@ -159,31 +188,14 @@ absl::Status ValidateFrames(const Tensor& frames, const VideoOutputOptions& opti
         prefix, "the video tensor must be [frames >= 1, 3, height >= 1, width >= 1] (frame-major RGB), got ",
         ShapeToString(frames.shape())));
   }
-  if (options.format == VideoFormat::kMp4) {
-    if (frames.dim(2) % 2 != 0 || frames.dim(3) % 2 != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(prefix, "mp4 (yuv420p) needs an even height and width, got ",
-                                                     frames.dim(2), "x", frames.dim(3), " (height x width)"));
-    }
-    if (frames.dim(2) > 16384 || frames.dim(3) > 16384) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(prefix, "mp4 frames larger than 16384 pixels a side are not supported, got ", frames.dim(2),
-                       "x", frames.dim(3)));
-    }
-    if (options.frames_per_second < 1 || options.frames_per_second > 1000) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(prefix, "frames_per_second must be within [1, 1000], got ", options.frames_per_second));
-    }
-    if (options.crf < 0 || options.crf > 51) {
-      return absl::InvalidArgumentError(absl::StrCat(prefix, "crf must be within [0, 51], got ", options.crf));
-    }
-  }
+  if (absl::Status valid = ValidateSettings(options, frames.dim(2), frames.dim(3)); !valid.ok()) return valid;
   // A NaN would otherwise become black pixels in an apparently fine video.
   const float* values = frames.data<float>();
   const int64_t plane = frames.dim(2) * frames.dim(3);
   const int64_t count = frames.numel();
   for (int64_t index = 0; index < count; ++index) {
     if (!std::isfinite(values[index])) {
-      const int64_t frame = index / (3 * plane);
+      const int64_t frame = first_frame + index / (3 * plane);
       const int64_t channel = (index / plane) % 3;
       const int64_t row = (index % plane) / frames.dim(3);
       const int64_t column = index % frames.dim(3);
@@ -233,11 +245,32 @@ absl::Status EncodeAndWrite(const std::string& path, AVCodecContext* encoder, AV
   }
 }
 
-absl::Status WriteMp4(const Tensor& frames, const VideoOutputOptions& options) {
+// An open MP4 (a temporary file beside the path) that takes frames in any number of batches: the same
+// frames give the same bytes however they are batched (the encoder sees one frame sequence).
+class Mp4Encoder {
+ public:
+  static absl::StatusOr<std::unique_ptr<Mp4Encoder>> Open(const VideoOutputOptions& options, int height, int width);
+  absl::Status Encode(const Tensor& frames);
+  absl::Status Finish();
+
+ private:
+  Mp4Encoder(const std::string& path) : path_(path), temporary_path_(TemporaryPathFor(path)), guard_(temporary_path_) {}
+  std::string path_, temporary_path_;
+  TemporaryFileGuard guard_;
+  FormatContextPointer muxer_;
+  CodecContextPointer encoder_;
+  AVStream* stream_ = nullptr;
+  ScaleContextPointer scaler_;
+  FramePointer frame_;
+  PacketPointer packet_;
+  std::vector<uint8_t> rgb_;
+  int height_ = 0, width_ = 0;
+  int64_t next_pts_ = 0;
+};
+
+absl::StatusOr<std::unique_ptr<Mp4Encoder>> Mp4Encoder::Open(const VideoOutputOptions& options, int height,
+                                                             int width) {
   const std::string& path = options.path;
-  const int frame_count = static_cast<int>(frames.dim(0));
-  const int height = static_cast<int>(frames.dim(2));
-  const int width = static_cast<int>(frames.dim(3));
 
   const AVCodec* codec = avcodec_find_encoder_by_name("libx264");
   if (codec == nullptr) {
@@ -245,7 +278,8 @@ absl::Status WriteMp4(const Tensor& frames, const VideoOutputOptions& options) {
         path, ": avcodec_find_encoder_by_name(\"libx264\") found nothing: this FFmpeg has no libx264 encoder"));
   }
 
-  const std::string temporary_path = TemporaryPathFor(path);
+  std::unique_ptr<Mp4Encoder> opened(new Mp4Encoder(path));
+  const std::string& temporary_path = opened->temporary_path_;
   AVFormatContext* raw_muxer = nullptr;
   // The format is named because the temporary name's extension says nothing.
   int result = avformat_alloc_output_context2(&raw_muxer, nullptr, "mp4", temporary_path.c_str());
@@ -295,7 +329,6 @@ absl::Status WriteMp4(const Tensor& frames, const VideoOutputOptions& options) {
 
   result = avio_open(&muxer->pb, temporary_path.c_str(), AVIO_FLAG_WRITE);
   if (result < 0) return FfmpegError(temporary_path, "avio_open", result);
-  TemporaryFileGuard guard(temporary_path);
 
   // faststart: the muxer moves the index (moov) before the media data when it finishes, so a player
   // can start before it has the whole file.
@@ -322,31 +355,48 @@ absl::Status WriteMp4(const Tensor& frames, const VideoOutputOptions& options) {
   result = av_frame_get_buffer(frame.get(), 0);
   if (result < 0) return FfmpegError(path, "av_frame_get_buffer", result);
 
-  const int rgb_stride = 3 * width;
-  std::vector<uint8_t> rgb(static_cast<size_t>(rgb_stride) * height);
-  for (int index = 0; index < frame_count; ++index) {
+  opened->rgb_.resize(static_cast<size_t>(3 * width) * height);
+  opened->height_ = height;
+  opened->width_ = width;
+  opened->muxer_ = std::move(muxer);
+  opened->encoder_ = std::move(encoder);
+  opened->stream_ = stream;
+  opened->scaler_ = std::move(scaler);
+  opened->frame_ = std::move(frame);
+  opened->packet_ = std::move(packet);
+  return opened;
+}
+
+absl::Status Mp4Encoder::Encode(const Tensor& frames) {
+  const int rgb_stride = 3 * width_;
+  for (int64_t index = 0; index < frames.dim(0); ++index) {
     // The encoder may still reference the previous frame's buffer (lookahead).
-    result = av_frame_make_writable(frame.get());
-    if (result < 0) return FfmpegError(path, "av_frame_make_writable", result);
-    ConvertFrameToRgb24(frames, index, rgb.data(), rgb_stride);
-    const uint8_t* source_planes[1] = {rgb.data()};
+    int result = av_frame_make_writable(frame_.get());
+    if (result < 0) return FfmpegError(path_, "av_frame_make_writable", result);
+    ConvertFrameToRgb24(frames, index, rgb_.data(), rgb_stride);
+    const uint8_t* source_planes[1] = {rgb_.data()};
     const int source_strides[1] = {rgb_stride};
-    result = sws_scale(scaler.get(), source_planes, source_strides, 0, height, frame->data, frame->linesize);
-    if (result != height) return FfmpegFailure(path, "sws_scale", absl::StrCat("converted ", result, " rows of ", height));
-    frame->pts = index;
-    absl::Status status = EncodeAndWrite(path, encoder.get(), frame.get(), muxer.get(), stream, packet.get());
+    result = sws_scale(scaler_.get(), source_planes, source_strides, 0, height_, frame_->data, frame_->linesize);
+    if (result != height_) {
+      return FfmpegFailure(path_, "sws_scale", absl::StrCat("converted ", result, " rows of ", height_));
+    }
+    frame_->pts = next_pts_++;
+    absl::Status status = EncodeAndWrite(path_, encoder_.get(), frame_.get(), muxer_.get(), stream_, packet_.get());
     if (!status.ok()) return status;
   }
-  absl::Status status = EncodeAndWrite(path, encoder.get(), nullptr, muxer.get(), stream, packet.get());
-  if (!status.ok()) return status;
-  result = av_write_trailer(muxer.get());
-  if (result < 0) return FfmpegError(path, "av_write_trailer", result);
-  result = avio_closep(&muxer->pb);
-  if (result < 0) return FfmpegError(temporary_path, "avio_closep", result);
+  return absl::OkStatus();
+}
 
-  status = SyncAndRename(temporary_path, path);
+absl::Status Mp4Encoder::Finish() {
+  absl::Status status = EncodeAndWrite(path_, encoder_.get(), nullptr, muxer_.get(), stream_, packet_.get());
   if (!status.ok()) return status;
-  guard.Release();
+  int result = av_write_trailer(muxer_.get());
+  if (result < 0) return FfmpegError(path_, "av_write_trailer", result);
+  result = avio_closep(&muxer_->pb);
+  if (result < 0) return FfmpegError(temporary_path_, "avio_closep", result);
+  status = SyncAndRename(temporary_path_, path_);
+  if (!status.ok()) return status;
+  guard_.Release();
   return absl::OkStatus();
 }
 
@@ -373,7 +423,8 @@ std::string PngTextChunk(absl::string_view keyword, absl::string_view text) {
   return chunk;
 }
 
-absl::Status WritePngFrames(const Tensor& frames, const VideoOutputOptions& options) {
+// Frame i of `frames` is written as frame_<first_frame + i>.png.
+absl::Status WritePngFrames(const Tensor& frames, const VideoOutputOptions& options, int64_t first_frame = 0) {
   const std::string& directory = options.path;
   const int frame_count = static_cast<int>(frames.dim(0));
   const int height = static_cast<int>(frames.dim(2));
@@ -412,12 +463,12 @@ absl::Status WritePngFrames(const Tensor& frames, const VideoOutputOptions& opti
   const std::string comment_chunk = options.comment.empty() ? "" : PngTextChunk("Comment", options.comment);
   for (int index = 0; index < frame_count; ++index) {
     char name[32];
-    std::snprintf(name, sizeof(name), "frame_%05d.png", index);
+    std::snprintf(name, sizeof(name), "frame_%05lld.png", static_cast<long long>(first_frame + index));
     const std::string path = (std::filesystem::path(directory) / name).string();
     result = av_frame_make_writable(frame.get());
     if (result < 0) return FfmpegError(path, "av_frame_make_writable", result);
     ConvertFrameToRgb24(frames, index, frame->data[0], frame->linesize[0]);
-    frame->pts = index;
+    frame->pts = first_frame + index;
     result = avcodec_send_frame(encoder.get(), frame.get());
     if (result < 0) return FfmpegError(path, "avcodec_send_frame(png)", result);
     result = avcodec_receive_packet(encoder.get(), packet.get());
@@ -471,13 +522,155 @@ const char* VideoFormatName(VideoFormat format) {
   return "unknown";
 }
 
+struct VideoStreamWriter::State {
+  VideoOutputOptions options;
+  int64_t height = 0, width = 0;
+  std::unique_ptr<Mp4Encoder> mp4;
+  std::vector<Tensor> raw_batches;  // raw: written at Finish
+  int64_t appended = 0;             // frames handed to Append (the next batch's first frame)
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::deque<std::pair<Tensor, int64_t>> queue;  // batches and their first frame, for the encoder thread
+  bool closing = false;
+  absl::Status error;  // the encoder thread's first error
+  std::thread encoder;
+
+  // The encoder thread: writes batches in order until closing and the queue is empty.
+  void Run() {
+    std::unique_lock<std::mutex> lock(mutex);
+    while (true) {
+      changed.wait(lock, [&] { return closing || !queue.empty(); });
+      if (queue.empty()) return;
+      std::pair<Tensor, int64_t> batch = queue.front();
+      lock.unlock();
+      absl::Status status = error.ok() ? Write(batch.first, batch.second) : absl::OkStatus();
+      lock.lock();
+      queue.pop_front();
+      if (!status.ok() && error.ok()) error = status;
+      changed.notify_all();
+    }
+  }
+
+  absl::Status Write(const Tensor& frames, int64_t first_frame) {
+    switch (options.format) {
+      case VideoFormat::kMp4:
+        return mp4->Encode(frames);
+      case VideoFormat::kPng:
+        return WritePngFrames(frames, options, first_frame);
+      case VideoFormat::kRaw:
+        raw_batches.push_back(frames);
+        return absl::OkStatus();
+    }
+    return absl::InternalError("unknown video format");
+  }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      closing = true;
+    }
+    changed.notify_all();
+    if (encoder.joinable()) encoder.join();
+  }
+};
+
+VideoStreamWriter::VideoStreamWriter(std::unique_ptr<State> state) : state_(std::move(state)) {}
+
+VideoStreamWriter::~VideoStreamWriter() {
+  if (state_ == nullptr) return;
+  {
+    // Abandoned (Finish not reached): the encoder thread skips what is still queued; an unfinished mp4's
+    // temporary file goes with its encoder.
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    if (state_->error.ok()) state_->error = absl::CancelledError("video writer destroyed before Finish");
+  }
+  state_->Stop();
+}
+
+absl::StatusOr<std::unique_ptr<VideoStreamWriter>> VideoStreamWriter::Open(const VideoOutputOptions& options,
+                                                                           int64_t height, int64_t width) {
+  if (height < 1 || width < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.path, ": frame size must be positive, got ", height, "x", width, " (height x width)"));
+  }
+  if (absl::Status valid = ValidateSettings(options, height, width); !valid.ok()) return valid;
+  QuietFfmpegLogging();
+  auto state = std::make_unique<State>();
+  state->options = options;
+  state->height = height;
+  state->width = width;
+  if (options.format == VideoFormat::kMp4) {
+    absl::StatusOr<std::unique_ptr<Mp4Encoder>> mp4 =
+        Mp4Encoder::Open(options, static_cast<int>(height), static_cast<int>(width));
+    if (!mp4.ok()) return mp4.status();
+    state->mp4 = *std::move(mp4);
+  }
+  State* raw_state = state.get();
+  state->encoder = std::thread([raw_state] { raw_state->Run(); });
+  return std::unique_ptr<VideoStreamWriter>(new VideoStreamWriter(std::move(state)));
+}
+
+absl::Status VideoStreamWriter::Append(const Tensor& frames) {
+  State& state = *state_;
+  if (frames.defined() && frames.rank() == 4 && (frames.dim(2) != state.height || frames.dim(3) != state.width)) {
+    return absl::InvalidArgumentError(absl::StrCat(state.options.path, ": frames of ", frames.dim(2), "x",
+                                                   frames.dim(3), " appended to a ", state.height, "x", state.width,
+                                                   " video (height x width)"));
+  }
+  if (absl::Status valid = ValidateFrames(frames, state.options, state.appended); !valid.ok()) return valid;
+  std::unique_lock<std::mutex> lock(state.mutex);
+  if (state.closing) return absl::FailedPreconditionError(absl::StrCat(state.options.path, ": Append after Finish"));
+  constexpr size_t kMaxQueuedBatches = 2;
+  state.changed.wait(lock, [&] { return state.queue.size() < kMaxQueuedBatches || !state.error.ok(); });
+  if (!state.error.ok()) return state.error;
+  state.queue.emplace_back(frames, state.appended);
+  state.appended += frames.dim(0);
+  state.changed.notify_all();
+  return absl::OkStatus();
+}
+
+absl::Status VideoStreamWriter::Finish() {
+  State& state = *state_;
+  {
+    std::lock_guard<std::mutex> lock(state.mutex);
+    if (state.closing) return absl::FailedPreconditionError(absl::StrCat(state.options.path, ": Finish called twice"));
+  }
+  state.Stop();
+  if (!state.error.ok()) return state.error;
+  if (state.appended == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(state.options.path, ": the video has no frames"));
+  }
+  switch (state.options.format) {
+    case VideoFormat::kMp4:
+      return state.mp4->Finish();
+    case VideoFormat::kPng:
+      return absl::OkStatus();
+    case VideoFormat::kRaw: {
+      Tensor video = Tensor::Host({state.appended, 3, state.height, state.width}, DType::kF32);
+      int64_t offset = 0;
+      for (const Tensor& batch : state.raw_batches) {
+        std::copy_n(batch.data<float>(), batch.numel(), video.data<float>() + offset);
+        offset += batch.numel();
+      }
+      state.raw_batches.clear();
+      return WriteRaw(video, state.options);
+    }
+  }
+  return absl::InternalError("unknown video format");
+}
+
 absl::Status WriteVideo(const Tensor& frames, const VideoOutputOptions& options) {
   absl::Status status = ValidateFrames(frames, options);
   if (!status.ok()) return status;
   QuietFfmpegLogging();
   switch (options.format) {
-    case VideoFormat::kMp4:
-      return WriteMp4(frames, options);
+    case VideoFormat::kMp4: {
+      absl::StatusOr<std::unique_ptr<Mp4Encoder>> encoder =
+          Mp4Encoder::Open(options, static_cast<int>(frames.dim(2)), static_cast<int>(frames.dim(3)));
+      if (!encoder.ok()) return encoder.status();
+      if (absl::Status encoded = (*encoder)->Encode(frames); !encoded.ok()) return encoded;
+      return (*encoder)->Finish();
+    }
     case VideoFormat::kPng:
       return WritePngFrames(frames, options);
     case VideoFormat::kRaw:

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
@@ -52,6 +53,38 @@ struct VideoOutputOptions {
 // Errors name the output path and, for FFmpeg failures, the failing call and FFmpeg's message.
 // Nothing is left at `path` (mp4, raw) or under a frame's name (png) when writing fails.
 absl::Status WriteVideo(const Tensor& frames, const VideoOutputOptions& options);
+
+// A video written while its frames are still being produced (the VAE decodes a few frames at a time):
+// Append hands each batch of frames to a background thread that encodes it (mp4) or writes its frame
+// files (png), so encoding overlaps the production of the next batch; raw keeps the batches and writes
+// the file at Finish. The output is byte-for-byte what WriteVideo writes for the same frames
+// concatenated (tests/unit/video_writer_test.cc checks it), and the same rules apply: validation per
+// batch (a non-finite value is an error naming its whole-video frame), nothing left at `path` (mp4, raw)
+// when anything fails or the writer is destroyed before Finish succeeded. At most two batches wait for
+// the encoder: Append blocks beyond that, so memory stays bounded. Not thread-safe: one producer.
+class VideoStreamWriter {
+ public:
+  // Checks the options and the frame size (height, width as WriteVideo requires them) and, for mp4,
+  // opens the encoder and the temporary file.
+  static absl::StatusOr<std::unique_ptr<VideoStreamWriter>> Open(const VideoOutputOptions& options, int64_t height,
+                                                                 int64_t width);
+  ~VideoStreamWriter();
+  VideoStreamWriter(const VideoStreamWriter&) = delete;
+  VideoStreamWriter& operator=(const VideoStreamWriter&) = delete;
+
+  // `frames`: host F32 [n ≥ 1, 3, height, width], the next n frames. The tensor is kept (not copied)
+  // until written: the caller must not modify it. Returns a validation error of this batch, or the
+  // error of an earlier batch's encoding.
+  absl::Status Append(const Tensor& frames);
+  // Waits for the queued batches, finishes the file (mp4: flush, index, rename into place) and returns
+  // the first error. At least one frame must have been appended.
+  absl::Status Finish();
+
+ private:
+  struct State;
+  explicit VideoStreamWriter(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
 
 // The reference's pixel conversion of one value (exposed for tests and previews).
 inline uint8_t VideoPixelFromFloat(float value) {

@@ -1,0 +1,3 @@
+from zoetrope_client.cli import main
+
+raise SystemExit(main())
