@@ -72,6 +72,8 @@ class Tensor {
   Device device() const { return storage_ ? storage_->device : Device(); }
 
   void* raw_data() const { return static_cast<char*>(storage_->data) + byte_offset_; }
+  // The block this tensor is a view of (null when undefined); for allocators that track their blocks.
+  const Storage* storage() const { return storage_.get(); }
   template <typename T>
   T* data() const {
     return static_cast<T*>(raw_data());

@@ -11,7 +11,10 @@ std::shared_ptr<CudaAllocator> CudaAllocator::Create(int device_index) {
   return std::shared_ptr<CudaAllocator>(new CudaAllocator(device_index));
 }
 
-CudaAllocator::~CudaAllocator() { ReleaseCached(); }
+CudaAllocator::~CudaAllocator() {
+  ReleaseCached();
+  for (cudaEvent_t event : spare_events_) cudaEventDestroy(event);
+}
 
 size_t CudaAllocator::RoundToSizeClass(size_t bytes) {
   constexpr size_t kMinimum = 512;
@@ -29,6 +32,7 @@ std::shared_ptr<Storage> CudaAllocator::Allocate(size_t bytes) {
   void* pointer = nullptr;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (!pending_.empty()) ReclaimPendingLocked(/*wait=*/false);
     // The exact class first, else the smallest cached block of at most twice the size: a block kept by
     // a long-lived tensor made in the first step (a cache filled lazily) then costs no cudaMalloc later.
     for (auto found = free_lists_.lower_bound(requested_class);
@@ -61,18 +65,84 @@ std::shared_ptr<Storage> CudaAllocator::Allocate(size_t bytes) {
   }
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    in_use_[pointer] = BlockInUse{size_class, {}};
     stats_.bytes_in_use += size_class;
     if (stats_.bytes_in_use > stats_.peak_bytes_in_use) stats_.peak_bytes_in_use = stats_.bytes_in_use;
   }
   std::shared_ptr<CudaAllocator> self = shared_from_this();
   return std::make_shared<Storage>(pointer, bytes, Device::Cuda(device_index_),
-                                   [self, size_class](void* data) { self->Free(data, size_class); });
+                                   [self](void* data) { self->Free(data); });
 }
 
-void CudaAllocator::Free(void* pointer, size_t size_class) {
+bool CudaAllocator::RecordStreamUse(const Storage& storage, CUstream_st* stream) {
   std::lock_guard<std::mutex> lock(mutex_);
-  free_lists_[size_class].push_back(pointer);
-  stats_.bytes_in_use -= size_class;
+  auto found = in_use_.find(storage.data);
+  if (found == in_use_.end()) return false;
+  std::vector<CUstream_st*>& streams = found->second.other_streams;
+  if (std::find(streams.begin(), streams.end(), stream) == streams.end()) streams.push_back(stream);
+  return true;
+}
+
+CUevent_st* CudaAllocator::TakeEventLocked() {
+  if (!spare_events_.empty()) {
+    cudaEvent_t event = spare_events_.back();
+    spare_events_.pop_back();
+    return event;
+  }
+  cudaEvent_t event = nullptr;
+  ZCUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  return event;
+}
+
+void CudaAllocator::Free(void* pointer) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto found = in_use_.find(pointer);
+  ZCHECK_MSG(found != in_use_.end(), "freeing a block cuda:" << device_index_ << " did not hand out");
+  BlockInUse block = std::move(found->second);
+  in_use_.erase(found);
+  stats_.bytes_in_use -= block.size_class;
+  if (block.other_streams.empty()) {
+    free_lists_[block.size_class].push_back(pointer);
+    return;
+  }
+  // Events must be recorded on their stream's device; a tensor may die on any thread.
+  int previous_device = 0;
+  ZCUDA_CHECK(cudaGetDevice(&previous_device));
+  if (previous_device != device_index_) ZCUDA_CHECK(cudaSetDevice(device_index_));
+  PendingBlock pending{pointer, block.size_class, {}};
+  for (cudaStream_t stream : block.other_streams) {
+    cudaEvent_t event = TakeEventLocked();
+    ZCUDA_CHECK(cudaEventRecord(event, stream));
+    pending.events.push_back(event);
+  }
+  if (previous_device != device_index_) ZCUDA_CHECK(cudaSetDevice(previous_device));
+  pending_.push_back(std::move(pending));
+  ++stats_.deferred_frees;
+  stats_.bytes_pending += block.size_class;
+}
+
+void CudaAllocator::ReclaimPendingLocked(bool wait) {
+  std::vector<PendingBlock> still_pending;
+  for (PendingBlock& block : pending_) {
+    bool done = true;
+    for (cudaEvent_t event : block.events) {
+      const cudaError_t state = wait ? cudaEventSynchronize(event) : cudaEventQuery(event);
+      if (state == cudaErrorNotReady) {
+        done = false;
+        break;
+      }
+      ZCHECK_MSG(state == cudaSuccess, "waiting for a stream before reusing memory on cuda:"
+                                           << device_index_ << ": " << cudaGetErrorString(state));
+    }
+    if (!done) {
+      still_pending.push_back(std::move(block));
+      continue;
+    }
+    for (cudaEvent_t event : block.events) spare_events_.push_back(event);
+    free_lists_[block.size_class].push_back(block.pointer);
+    stats_.bytes_pending -= block.size_class;
+  }
+  pending_ = std::move(still_pending);
 }
 
 void CudaAllocator::ReleaseCached() {
@@ -80,6 +150,7 @@ void CudaAllocator::ReleaseCached() {
   int previous_device = 0;
   if (cudaGetDevice(&previous_device) != cudaSuccess) return;
   if (previous_device != device_index_) cudaSetDevice(device_index_);
+  if (!pending_.empty()) ReclaimPendingLocked(/*wait=*/true);
   for (auto& [size_class, blocks] : free_lists_) {
     for (void* block : blocks) {
       // cudaFree waits for the device, so blocks still read by queued kernels are safe to free.

@@ -169,6 +169,11 @@ class CudaBackend final : public Backend {
   }
 
   CudaMemoryStats memory_stats() const { return allocator_->stats(); }
+  cudaStream_t stream() const { return stream_; }
+  bool RecordStreamUse(const Tensor& tensor, cudaStream_t stream) {
+    if (!tensor.defined() || tensor.device() != device()) return false;
+    return allocator_->RecordStreamUse(*tensor.storage(), stream);
+  }
 
   Device device() const override { return Device::Cuda(device_index_); }
   std::string name() const override { return absl::StrCat("cuda:", device_index_); }
@@ -954,6 +959,20 @@ CudaMemoryStats CudaBackendMemoryStats(Backend& backend) {
   auto* cuda_backend = dynamic_cast<CudaBackend*>(&backend);
   ZCHECK_MSG(cuda_backend != nullptr, "CudaBackendMemoryStats of a non-CUDA backend " << backend.name());
   return cuda_backend->memory_stats();
+}
+
+namespace {
+CudaBackend& AsCudaBackend(Backend& backend, const char* caller) {
+  auto* cuda_backend = dynamic_cast<CudaBackend*>(&backend);
+  ZCHECK_MSG(cuda_backend != nullptr, caller << " of a non-CUDA backend " << backend.name());
+  return *cuda_backend;
+}
+}  // namespace
+
+CUstream_st* CudaBackendStream(Backend& backend) { return AsCudaBackend(backend, "CudaBackendStream").stream(); }
+
+bool CudaBackendRecordStreamUse(Backend& backend, const Tensor& tensor, CUstream_st* stream) {
+  return AsCudaBackend(backend, "CudaBackendRecordStreamUse").RecordStreamUse(tensor, stream);
 }
 
 }  // namespace zoetrope

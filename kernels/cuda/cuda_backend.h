@@ -55,4 +55,14 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
 // Allocator statistics of a backend made by CreateCudaBackend (ZCHECK otherwise).
 CudaMemoryStats CudaBackendMemoryStats(Backend& backend);
 
+// The stream every operation of `backend` (made by CreateCudaBackend) is enqueued on; for code that
+// orders its own streams against the backend's with events (the communicators).
+CUstream_st* CudaBackendStream(Backend& backend);
+
+// Declares that work enqueued on `stream` reads or writes `tensor`, which `backend` allocated: when the
+// tensor's memory is freed, it is reused only after the work enqueued on `stream` up to then
+// (kernels/cuda/cuda_allocator.h). Returns false, doing nothing, for a tensor `backend` did not allocate
+// (host memory, another backend's), whose owner must order its reuse itself.
+bool CudaBackendRecordStreamUse(Backend& backend, const Tensor& tensor, CUstream_st* stream);
+
 }  // namespace zoetrope

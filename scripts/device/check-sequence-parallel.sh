@@ -8,12 +8,18 @@
 #   overhead   zoetrope-dit-bench at 1.3B 480p: the plain forward, the group path on one rank, and 2 and
 #              4 loopback ranks (on ONE GPU: the ranks share its SMs, so this measures what the parallel
 #              path costs, not a speed-up) -> sequence_parallel_overhead_1.3b_480p_<gpu>.json
+#   alltoall   zoetrope-alltoall-bench: the Ulysses all-to-all at 1.3B 480p shapes (32,760 tokens, 12 heads,
+#              d 128, bf16) on 2, 4 and 8 loopback ranks and on NCCL with every GPU of the machine, against
+#              a plain device-to-device copy of the same bytes -> alltoall_bandwidth_<gpu>.json
+#   overlap    zoetrope-dit-bench at 1.3B 480p on 2 and 4 loopback ranks with --ulysses_chunks 1 (no
+#              overlap), 2 and 4 (all-to-alls of one head chunk overlapping the attention of another)
+#              -> ulysses_overlap_1.3b_480p_<gpu>.json
 # Results in $OUT/bench-results, logs in $OUT/logs; a table last. Exits non-zero when a stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/device/env.sh
 bin=$carry/bin
-stages=${*:-parity overhead}
+stages=${*:-parity overhead alltoall overlap}
 export NCCL_NVLS_ENABLE=0
 summary=()
 failed=0
@@ -123,6 +129,67 @@ PY
     --field "note=loopback ranks share one GPU: this is the cost of the parallel path, not a speed-up" \
     >"$logs/overhead.result" 2>&1 || failed=1
   summary+=("1.3B 480p forward, median s: $overhead")
+fi
+
+if [[ " $stages " == *" alltoall "* ]]; then
+  gpu_list=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
+  runs=()
+  for ranks in 2 4 8; do
+    timeout 120 "$bin/zoetrope-alltoall-bench" --communicator loopback --ranks "$ranks" \
+      >"$logs/alltoall_loopback_$ranks.json" 2>"$logs/alltoall_loopback_$ranks.log" || failed=1
+    runs+=("$logs/alltoall_loopback_$ranks.json")
+  done
+  timeout 120 "$bin/zoetrope-alltoall-bench" --communicator nccl --gpus "$gpu_list" \
+    >"$logs/alltoall_nccl.json" 2>"$logs/alltoall_nccl.log" || failed=1
+  runs+=("$logs/alltoall_nccl.json")
+  alltoall=$(python3 - "${runs[@]}" <<'PY'
+import json, sys
+rows = {}
+for path in sys.argv[1:]:
+    name = path.rsplit("/", 1)[1][len("alltoall_"):-len(".json")]
+    try:
+        rows[name] = json.loads(open(path).read().strip().splitlines()[-1])
+    except Exception as error:
+        rows[name] = {"error": str(error)}
+print(json.dumps(rows))
+PY
+)
+  python3 bench/write_result.py --name "alltoall_bandwidth_{gpu}" --fields-json "{\"runs\": $alltoall}" \
+    --shape tokens=32760 --shape heads=12 --shape head_dim=128 --shape dtype=bf16 \
+    --field "note=one timed all-to-all = host barrier, collective, stream sync, host barrier (rank 0 wall time); baseline = one cudaMemcpyAsync of the same bytes" \
+    >"$logs/alltoall.result" 2>&1 || failed=1
+  summary+=("all-to-all (median ms, GB/s; copy baseline GB/s): $(python3 -c "
+import json, sys
+rows = json.loads(sys.argv[1])
+print('; '.join(f\"{k}: {v.get('median_ms')} ms {v.get('gbytes_per_s')} GB/s (copy {v.get('copy_baseline_gbytes_per_s')})\" for k, v in rows.items()))" "$alltoall")")
+fi
+
+if [[ " $stages " == *" overlap "* ]]; then
+  for ranks in 2 4; do
+    for chunks in 1 2 4; do
+      timeout 300 "$bin/zoetrope-dit-bench" --config wan2.1-t2v-1.3b --device cuda --latent 16,21,60,104 \
+        --workdir /tmp/wan13b-forward --reuse_weights --warmup 1 --iterations 5 --sp "$ranks" --loopback \
+        --ulysses_chunks "$chunks" >"$logs/overlap_${ranks}_$chunks.json" 2>"$logs/overlap_${ranks}_$chunks.log" || failed=1
+    done
+  done
+  overlap=$(python3 - "$logs" <<'PY'
+import json, sys
+rows = {}
+for ranks in (2, 4):
+    for chunks in (1, 2, 4):
+        try:
+            r = json.loads(open(f"{sys.argv[1]}/overlap_{ranks}_{chunks}.json").read().strip().splitlines()[-1])
+            rows[f"loopback_{ranks}_ranks_chunks_{chunks}"] = {"median_s": r["median_s"], "samples_s": r["samples_s"]}
+        except Exception as error:
+            rows[f"loopback_{ranks}_ranks_chunks_{chunks}"] = {"error": str(error)}
+print(json.dumps(rows))
+PY
+)
+  python3 bench/write_result.py --name "ulysses_overlap_1.3b_480p_{gpu}" --fields-json "{\"forwards\": $overlap}" \
+    --shape config=wan2.1-t2v-1.3b --shape "latent=[16,21,60,104]" --shape tokens=32760 --shape attention=dense \
+    --field "note=loopback ranks share one GPU; chunks 1 = no overlap of all-to-all and attention" \
+    >"$logs/overlap.result" 2>&1 || failed=1
+  summary+=("Ulysses overlap, 1.3B 480p forward median s: $overlap")
 fi
 
 echo "==== summary ===="

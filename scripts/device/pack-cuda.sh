@@ -4,8 +4,9 @@
 # folder xz-compressed into build-cuda-pack/carry.tar.xz, the one folder to name in the device run's
 # `carry` (unpack it there first, see below). build-cuda-carry/commit records the commit it was built
 # from (+ "-dirty" when tracked files differed): the device scripts put it into every result file.
-#   scripts/device/pack-cuda.sh [--pipeline] [BUILD_DIR]      (default build-cuda)
-# Without --pipeline: cuda_backend_test, zoetrope-dit-bench, zoetrope-vae-bench (bench-vae.sh), zoetrope-attention-bench (cuda-check.sh),
+#   scripts/device/pack-cuda.sh [--pipeline] [BUILD_DIR]      (default build-cuda; an existing CUDA build
+#   folder of any generator serves, e.g. the plain `build`)
+# Without --pipeline: cuda_backend_test, cuda_communicator_test, zoetrope-dit-bench, zoetrope-vae-bench (bench-vae.sh), zoetrope-attention-bench (cuda-check.sh),
 # zoetrope-attention-plan (the CSR dumps of bench-sparse-attention.sh) and zoetrope-attention-fidelity
 # (pipeline-check.sh fidelity13b).
 set -euo pipefail
@@ -16,11 +17,15 @@ pipeline=false
 if [ "${1:-}" = "--pipeline" ]; then pipeline=true; shift; fi
 build=${1:-$root/build-cuda}
 carry=$root/build-cuda-carry
-cmake -S "$root" -B "$build" -G Ninja -DZOETROPE_CUDA=ON >/dev/null
-binaries=(cuda_backend_test zoetrope-dit-bench zoetrope-attention-bench zoetrope-attention-plan
+if [ -f "$build/CMakeCache.txt" ]; then
+  cmake -S "$root" -B "$build" -DZOETROPE_CUDA=ON >/dev/null
+else
+  cmake -S "$root" -B "$build" -G Ninja -DZOETROPE_CUDA=ON >/dev/null
+fi
+binaries=(cuda_backend_test cuda_communicator_test zoetrope-dit-bench zoetrope-alltoall-bench zoetrope-attention-bench zoetrope-attention-plan
           zoetrope-attention-fidelity zoetrope-vae-bench)
 $pipeline && binaries+=(zoetrope zoetrope-dit zoetrope-mkweights zoetrope-mkweights-text zoetrope-mkweights-vae)
-ninja -C "$build" -j2 "${binaries[@]}"
+cmake --build "$build" -j2 --target "${binaries[@]}"
 rm -rf "$carry"
 mkdir -p "$carry/bin"
 for binary in "${binaries[@]}"; do cp "$build/bin/$binary" "$carry/bin/"; done

@@ -8,7 +8,11 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "kernels/backend_factory.h"
+#include "parallel/nccl_communicator.h"
 #include "parallel/thread_communicator.h"
+#if ZOETROPE_HAS_CUDA
+#include "parallel/cuda_loopback_communicator.h"
+#endif
 
 namespace zoetrope {
 
@@ -65,10 +69,61 @@ absl::StatusOr<PipelineDevices> CreateCpuDevices(const DeviceRequest& request, c
   return devices;
 }
 
-// CUDA groups: NCCL across GPUs or loopback ranks on one GPU (filled in with the CUDA communicators).
+// The GPU `device` names ("cuda" is GPU 0).
+absl::StatusOr<int> GpuOfDevice(const std::string& device) {
+  if (device == "cuda") return 0;
+  int index = -1;
+  absl::string_view rest = device;
+  if (absl::ConsumePrefix(&rest, "cuda:") && absl::SimpleAtoi(rest, &index) && index >= 0) return index;
+  return absl::InvalidArgumentError(absl::StrCat("--device \"", device, "\" is not cpu, cuda or cuda:N"));
+}
+
+// CUDA groups: one rank per listed GPU joined by NCCL, or (loopback) every rank on one GPU, each with its
+// own backend (compute stream and memory) and the same-GPU loopback communicator.
 absl::StatusOr<PipelineDevices> CreateCudaGroupDevices(const DeviceRequest& request, const ParallelDegrees& degrees) {
+  const int ranks = degrees.ranks();
+  std::vector<int> rank_gpus;
+  if (request.loopback) {
+    if (request.gpus.size() > 1) {
+      return absl::InvalidArgumentError("--loopback runs every rank on one GPU: give at most one GPU in --gpus");
+    }
+    absl::StatusOr<int> gpu = request.gpus.empty() ? GpuOfDevice(request.device) : absl::StatusOr<int>(request.gpus[0]);
+    if (!gpu.ok()) return gpu.status();
+    rank_gpus.assign(ranks, *gpu);
+  } else {
+    if (static_cast<int>(request.gpus.size()) != ranks) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parallel degrees ", degrees.ToString(), " need ", ranks, " GPUs, one per rank: list them in --gpus (got ",
+          request.gpus.size(), "), or run every rank on one GPU with --loopback"));
+    }
+    rank_gpus = request.gpus;
+  }
+#if ZOETROPE_HAS_CUDA
+  PipelineDevices devices;
+  devices.degrees = degrees;
+  devices.gpus = rank_gpus;
+  for (int gpu : rank_gpus) {
+    absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(absl::StrCat("cuda:", gpu), request.cpu_threads);
+    if (!backend.ok()) return backend.status();
+    devices.backends.push_back(*std::move(backend));
+  }
+  if (request.loopback) {
+    const int gpu = rank_gpus[0];
+    devices.communicators = [gpu](const std::vector<int>& members) {
+      return CudaLoopbackCommunicator::CreateGroup(gpu, static_cast<int>(members.size()));
+    };
+  } else {
+    devices.communicators = [rank_gpus](const std::vector<int>& members) {
+      std::vector<int> member_gpus;
+      for (int member : members) member_gpus.push_back(rank_gpus[member]);
+      return NcclCommunicator::CreateGroup(member_gpus);
+    };
+  }
+  return devices;
+#else
   return absl::UnimplementedError(absl::StrCat("parallel degrees ", degrees.ToString(), " on ", request.device,
-                                               ": CUDA groups are not wired yet"));
+                                               ": this build has no CUDA backend"));
+#endif
 }
 
 }  // namespace
