@@ -4,13 +4,16 @@
 # tokenizer/) or the original Wan2.1 layout (files in the folder root, google/umt5-xxl/spiece.model).
 #
 # Usage: scripts/make-model.sh [--size tiny|1.3b|14b] [--layout diffusers|original] [--dtype f32|bf16]
-#                              [--seed S] [--build-dir DIR] OUT_DIR
+#                              [--seed S] [--build-dir DIR] [--weights-only] OUT_DIR
+# --weights-only writes the weight files and leaves the tokenizer folder alone (the device pack carries the
+# tokenizer and rewrites the deterministic weights there, which do not compress).
 # The tools must be built already (scripts/quickstart.sh and scripts/test.sh do that).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-size=tiny layout=diffusers dtype=f32 seed=0 build_dir="$root/build"
+size=tiny layout=diffusers dtype=f32 seed=0 build_dir="$root/build" weights_only=false
 while [ $# -gt 1 ]; do
   case $1 in
+    --weights-only) weights_only=true; shift ;;
     --size) size=$2; shift 2 ;;
     --layout) layout=$2; shift 2 ;;
     --dtype) dtype=$2; shift 2 ;;
@@ -43,7 +46,7 @@ case $layout in
       -o "$out/text_encoder/model.safetensors"
     "$bin/zoetrope-mkweights-vae" --config "$vae" --seed "$seed" --diffusers \
       -o "$out/vae/diffusion_pytorch_model.safetensors"
-    "$root/scripts/build-tokenizer.sh" "$out/tokenizer" >/dev/null
+    $weights_only || "$root/scripts/build-tokenizer.sh" "$out/tokenizer" >/dev/null
     ;;
   original)
     "$bin/zoetrope-mkweights" --config "$dit" --seed "$seed" --dtype "$dtype" \
@@ -51,7 +54,7 @@ case $layout in
     "$bin/zoetrope-mkweights-text" --config "$text" --seed "$seed" --dtype "$dtype" \
       -o "$out/models_t5_umt5-$text-enc.safetensors"
     "$bin/zoetrope-mkweights-vae" --config "$vae" --seed "$seed" -o "$out/Wan2.1_VAE.safetensors"
-    "$root/scripts/build-tokenizer.sh" "$out/google/umt5-xxl" >/dev/null
+    $weights_only || "$root/scripts/build-tokenizer.sh" "$out/google/umt5-xxl" >/dev/null
     ;;
   *) echo "make-model: --layout must be diffusers or original" >&2; exit 2 ;;
 esac

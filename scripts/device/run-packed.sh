@@ -17,6 +17,11 @@ elif [[ ! -d $carry ]]; then
   echo "neither $pack nor $carry/ is here: carry build-cuda-pack" >&2
   exit 2
 fi
+# The tiny model's weights are not packed (pack-cuda.sh): write them again, deterministically.
+if [[ -d $carry/models/tiny && ! -f $carry/models/tiny/transformer/diffusion_pytorch_model.safetensors ]]; then
+  (source scripts/device/env.sh && scripts/make-model.sh --size tiny --weights-only --build-dir "$carry" "$carry/models/tiny") >/dev/null ||
+    { echo "cannot write the tiny model's weights" >&2; exit 2; }
+fi
 "scripts/device/${script#scripts/device/}" "$@"
 status=$?
 out=${OUT:-/tmp/zoetrope-out}
