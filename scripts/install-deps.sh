@@ -22,6 +22,9 @@ packages=(
   python3-setuptools python3-protobuf python3-yaml
   # tests
   libgtest-dev libgmock-dev python3 python3-torch python3-numpy ffmpeg
+  # deploy tests: podman runs the scheduler image (runc where crun cannot, e.g. cgroup v1/v2 hybrid hosts);
+  # node validates the Kubernetes objects (deploy/kubernetes/validate, npm packages installed below)
+  podman runc nodejs
 )
 
 missing=()
@@ -31,14 +34,28 @@ for package in "${packages[@]}"; do
   fi
 done
 
+# npm comes with some nodejs builds (NodeSource's) and is a separate Debian package otherwise.
+if ! command -v npm >/dev/null; then missing+=(npm); fi
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#packages[@]} packages present"
-  exit 0
+else
+  echo "install-deps: installing ${missing[*]}"
+  sudo_cmd=()
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-echo "install-deps: installing ${missing[*]}"
-sudo_cmd=()
-if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
-export DEBIAN_FRONTEND=noninteractive
-"${sudo_cmd[@]}" apt-get update -qq
-"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The Kubernetes, KEDA and prometheus-operator schemas (npm packages pinned by package-lock.json) for
+# ctest deploy.kubernetes_schemas; reinstalled only when the lock file changes. Without the npm registry
+# the test skips and says so.
+validate="$(dirname "$0")/../deploy/kubernetes/validate"
+if ! cmp -s "$validate/package-lock.json" "$validate/node_modules/.zoetrope-lock"; then
+  if npm ci --prefix "$validate" --no-audit --no-fund --loglevel=error; then
+    cp "$validate/package-lock.json" "$validate/node_modules/.zoetrope-lock"
+  else
+    echo "install-deps: npm ci in deploy/kubernetes/validate failed: deploy.kubernetes_schemas will skip" >&2
+  fi
+fi
