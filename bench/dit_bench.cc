@@ -107,7 +107,9 @@ absl::Status Run() {
   }
   ProfilingBackend profiler(**backend);
   profiler.set_enabled(false);
-  auto model = WanDit::Load(weights, profiler);
+  // --profile covers the plain forward only; a group's rank 0 runs on the backend itself, because the CUDA
+  // communicators order their streams against the backend's own stream (a wrapper has none).
+  auto model = WanDit::Load(weights, sequence_ranks >= 1 ? static_cast<Backend&>(**backend) : profiler);
   if (!model.ok()) return model.status();
   const WanDitConfig& config = (*model)->config();
   if (absl::Status valid = (*model)->ValidateLatentShape(latent_shape); !valid.ok()) return valid;

@@ -103,8 +103,12 @@ def main():
         stop = threading.Event()
         errors = []
 
+        watch_streams = [0]  # WatchJob calls opened (a stream ends when its job is cancelled by the churn)
+
         def watch(job_id):
             while not stop.is_set():
+                with lock:
+                    watch_streams[0] += 1
                 try:
                     for _ in stub.WatchJob(api.WatchJobRequest(id=job_id), timeout=30):
                         if stop.is_set():
@@ -114,8 +118,13 @@ def main():
                             and not stop.is_set():
                         errors.append(f"WatchJob: {error.code()} {error.details()}")
                         return
+                # The churn cancelled the watched job (its stream ended with the final event): watch a job
+                # that is still queued, so that `--watchers` streams stay open on live jobs rather than
+                # re-reading a finished one in a loop.
+                with lock:
+                    job_id = random.choice(ids)
 
-        watchers = [threading.Thread(target=watch, args=(ids[index % len(ids)],), daemon=True)
+        watchers = [threading.Thread(target=watch, args=(ids[-1 - index % len(ids)],), daemon=True)
                     for index in range(arguments.watchers)]
         for thread in watchers:
             thread.start()
@@ -186,8 +195,10 @@ def main():
     fields = {"minutes": minutes, "fill_seconds": round(fill_seconds, 2),
               "rss_mib_after_fill": round(rss_after_fill / 1024, 1), "errors": errors[:20],
               "error_count": len(errors), "queued_first_page_at_end": queued,
+              "watch_streams_opened": watch_streams[0],
               "method": "no worker; GetJob on random queued jobs at the given rate; each churn tick submits one job "
-                        "and cancels the oldest; RSS = VmRSS of the scheduler every 5 s"}
+                        "and cancels the oldest; a watcher whose job was cancelled watches another queued job "
+                        "(watchers start on the newest jobs); RSS = VmRSS of the scheduler every 5 s"}
     shape = {"jobs": arguments.jobs, "watchers": arguments.watchers, "minutes": arguments.minutes,
              "getjob_rate_per_s": arguments.getjob_rate, "churn_per_s": arguments.churn}
     path = write_result.write(arguments.name, fields=fields, shape=shape, directory=arguments.results_dir,

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -10,10 +11,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "cli/preview_files.h"
 #include "cli/service_flags.h"
 #include "common/progress_bar.h"
 #include "parallel/sparsity_plan.h"
 #include "worker/engine/pipeline_devices.h"
+#include "worker/engine/latent_rgb_fit.h"
+#include "worker/engine/preview_image.h"
 #include "worker/engine/safetensors.h"
 #include "worker/engine/text_to_video.h"
 #include "worker/engine/video_writer.h"
@@ -45,6 +49,14 @@ ABSL_FLAG(std::string, gpus, "", "CUDA: the GPUs of the group, one rank each, e.
 ABSL_FLAG(bool, loopback, false, "CUDA: run every rank on the first GPU (tests and measures the parallel paths)");
 ABSL_FLAG(int32_t, ulysses_chunks, 1,
           "with --sp > 1: head chunks whose all-to-alls overlap the attention of the previous chunk (1 = no overlap)");
+
+ABSL_FLAG(std::string, preview, "",
+          "live previews: save a JPEG contact sheet of the predicted video every --preview_every steps to this folder "
+          "(DIR/step-NNN.jpg; generate, and submit/watch with the job's previews)");
+ABSL_FLAG(std::string, preview_factors, "",
+          "live previews: latent-to-RGB factors JSON (zoetrope-fit-preview-factors; default: the Wan2.1 factors)");
+ABSL_FLAG(int32_t, preview_every, 0,
+          "live previews every this many denoising steps (0: none, or 5 when --preview is given)");
 
 namespace zoetrope {
 namespace {
@@ -88,6 +100,12 @@ absl::Status Generate() {
   if (absl::Status valid = ValidateGenerationParameters(parameters); !valid.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", valid.message()));
   }
+  const std::string preview_directory = absl::GetFlag(FLAGS_preview);
+  parameters.preview_every = absl::GetFlag(FLAGS_preview_every);
+  if (parameters.preview_every == 0 && !preview_directory.empty()) parameters.preview_every = kDefaultPreviewEvery;
+  if (parameters.preview_every < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--preview_every: must be ≥ 0 (got ", parameters.preview_every, ")"));
+  }
   const std::string output = absl::GetFlag(FLAGS_output);
   const bool latent_only = absl::GetFlag(FLAGS_format) == "latent";
   parameters.decode = !latent_only;
@@ -124,6 +142,49 @@ absl::Status Generate() {
                std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
                backend->name().c_str(), devices->degrees.ToString().c_str());
 
+  // Previews (--preview_every without --preview renders them too, so their cost can be measured alone).
+  PreviewOptions preview_options;
+  LatentRgbFactors preview_factors = Wan21LatentRgbFactors();
+  if (!absl::GetFlag(FLAGS_preview_factors).empty()) {
+    absl::StatusOr<LatentRgbFactors> factors = ReadLatentRgbFactors(absl::GetFlag(FLAGS_preview_factors));
+    if (!factors.ok()) return absl::InvalidArgumentError(absl::StrCat("--preview_factors: ", factors.status().message()));
+    preview_factors = *factors;
+  }
+  preview_options.factors = &preview_factors;
+  int previews_written = 0;
+  double preview_seconds = 0.0;
+  absl::Status preview_status;
+  auto preview = [&](int step, const Tensor& predicted_latent) {
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<EncodedPreview> image = RenderLatentPreview(*backend, predicted_latent, preview_options);
+    if (image.ok() && !preview_directory.empty()) {
+      absl::StatusOr<std::string> path = WritePreviewFile(preview_directory, step, image->media_type, image->bytes);
+      if (!path.ok()) image = path.status();
+    }
+    preview_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!image.ok()) {
+      if (preview_status.ok()) preview_status = image.status();
+      return;
+    }
+    ++previews_written;
+  };
+  // The video is written while it is decoded (VideoStreamWriter encodes each chunk as the VAE produces the
+  // next); opened before the run so that a bad output path fails before any GPU time is spent.
+  std::unique_ptr<VideoStreamWriter> writer;
+  std::function<absl::Status(const Tensor&)> frames_sink;
+  if (!latent_only) {
+    VideoOutputOptions video;
+    video.format = *format;
+    video.path = output;
+    video.frames_per_second = absl::GetFlag(FLAGS_fps);
+    video.comment = absl::StrCat("prompt: ", parameters.prompt, "; seed: ", parameters.seed, "; steps: ",
+                                 parameters.steps, "; sampler: ", std::string(SamplerKindName(parameters.sampler)));
+    absl::StatusOr<std::unique_ptr<VideoStreamWriter>> opened =
+        VideoStreamWriter::Open(video, parameters.height, parameters.width);
+    if (!opened.ok()) return opened.status();
+    writer = *std::move(opened);
+    frames_sink = [&writer](const Tensor& frames) { return writer->Append(frames); };
+  }
   std::unique_ptr<ProgressBar> bar;
   absl::StatusOr<GenerationResult> result = (*pipeline)->Generate(parameters, [&](const GenerationProgress& progress) {
     switch (progress.phase) {
@@ -142,8 +203,14 @@ absl::Status Generate() {
         std::fprintf(stderr, "decoding %lld frames\n", static_cast<long long>(parameters.frames));
         break;
     }
-  });
+  }, /*cancelled=*/nullptr, /*attention=*/nullptr,
+     parameters.preview_every > 0 ? std::function<void(int, const Tensor&)>(preview) : nullptr, frames_sink);
   if (!result.ok()) return result.status();
+  if (!preview_status.ok()) std::fprintf(stderr, "preview failed: %s\n", std::string(preview_status.message()).c_str());
+  if (parameters.preview_every > 0) {
+    std::fprintf(stderr, "previews: %d every %d steps%s, %.3f s in all\n", previews_written, parameters.preview_every,
+                 preview_directory.empty() ? "" : absl::StrCat(" in ", preview_directory).c_str(), preview_seconds);
+  }
 
   if (latent_only) {
     if (absl::Status written = WriteSafetensors(output, {{"latent", result->latent}}); !written.ok()) return written;
@@ -154,17 +221,12 @@ absl::Status Generate() {
     std::printf("%s\n", output.c_str());
     return absl::OkStatus();
   }
-  VideoOutputOptions video;
-  video.format = *format;
-  video.path = output;
-  video.frames_per_second = absl::GetFlag(FLAGS_fps);
-  video.comment = absl::StrCat("prompt: ", parameters.prompt, "; seed: ", parameters.seed, "; steps: ", parameters.steps,
-                               "; sampler: ", std::string(SamplerKindName(parameters.sampler)));
+  // The frames went to the writer while the VAE decoded; what is left is the last chunk and the file's end.
   const auto write_start = std::chrono::steady_clock::now();
-  if (absl::Status written = WriteVideo(result->frames, video); !written.ok()) return written;
+  if (absl::Status written = writer->Finish(); !written.ok()) return written;
   const double write_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - write_start).count();
   std::fprintf(stderr, "attention %s: mean block density %.4f\n", attention->source.c_str(), result->attention_density);
-  std::fprintf(stderr, "text %.2f s, denoise %.2f s (%.3f s/step), decode %.2f s, write %.2f s\n",
+  std::fprintf(stderr, "text %.2f s, denoise %.2f s (%.3f s/step), decode + overlapped write %.2f s, write tail %.2f s\n",
                result->text_seconds, result->denoise_seconds, result->denoise_seconds / parameters.steps,
                result->decode_seconds, write_seconds);
   std::printf("%s\n", output.c_str());

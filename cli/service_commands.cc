@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -25,6 +26,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cli/client_channel.h"
+#include "cli/preview_files.h"
 #include "cli/service_flags.h"
 #include "common/progress_bar.h"
 #include "common/sha256.h"
@@ -49,6 +51,8 @@ ABSL_DECLARE_FLAG(std::string, sampler);
 ABSL_DECLARE_FLAG(uint64_t, seed);
 ABSL_DECLARE_FLAG(std::string, output);
 ABSL_DECLARE_FLAG(std::string, attention);
+ABSL_DECLARE_FLAG(std::string, preview);
+ABSL_DECLARE_FLAG(int32_t, preview_every);
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "scheduler address (host:port); $ZOETROPE_SERVER overrides the default");
 ABSL_FLAG(std::string, token, "", "bearer token of your tenant (docs/security.md); $ZOETROPE_TOKEN when not given");
@@ -206,6 +210,8 @@ int WatchUntilDone(v1::VideoService::Stub& stub, std::string id, const v1::Submi
   v1::JobState final_state = v1::JOB_STATE_UNSPECIFIED;
   v1::Job last;
   int last_position = -1;
+  int previews_saved = 0;
+  bool preview_failed = false;
   const absl::Time give_up_after = absl::Now() + absl::GetFlag(FLAGS_reconnect_for);
   absl::Duration backoff = absl::Milliseconds(200);
   while (true) {
@@ -266,6 +272,20 @@ int WatchUntilDone(v1::VideoService::Stub& stub, std::string id, const v1::Submi
           }
           break;
         }
+        case v1::JobEvent::kPreview: {
+          // Only with --preview: a failed write is reported once and the watch goes on.
+          const std::string directory = absl::GetFlag(FLAGS_preview);
+          if (directory.empty() || preview_failed) break;
+          absl::StatusOr<std::string> path = WritePreviewFile(directory, event.preview().step(),
+                                                              event.preview().media_type(), event.preview().data());
+          if (!path.ok()) {
+            preview_failed = true;
+            std::fprintf(stderr, "%s: preview not saved: %s\n", id.c_str(), std::string(path.status().message()).c_str());
+          } else {
+            ++previews_saved;
+          }
+          break;
+        }
         case v1::JobEvent::KIND_NOT_SET:
           break;
       }
@@ -282,6 +302,10 @@ int WatchUntilDone(v1::VideoService::Stub& stub, std::string id, const v1::Submi
       continue;
     }
     return Fail("watch", status);
+  }
+  if (!absl::GetFlag(FLAGS_preview).empty()) {
+    std::fprintf(stderr, "%s: %d preview(s) saved in %s\n", id.c_str(), previews_saved,
+                 absl::GetFlag(FLAGS_preview).c_str());
   }
   std::printf("%s %s\n", id.c_str(), StateName(final_state).c_str());
   return final_state == v1::JOB_STATE_SUCCEEDED ? 0 : 1;
@@ -338,6 +362,12 @@ absl::StatusOr<v1::SubmitJobRequest> RequestFromFlags() {
     *request.mutable_deadline() = ToDurationProto(deadline);
   }
   request.set_client_request_id(absl::GetFlag(FLAGS_client_request_id));
+  int preview_every = absl::GetFlag(FLAGS_preview_every);
+  if (preview_every == 0 && !absl::GetFlag(FLAGS_preview).empty()) {
+    // The implicit interval must not ask for more than the job's steps (the API's rule).
+    preview_every = std::max(1, std::min(kDefaultPreviewEvery, request.steps() > 0 ? request.steps() : 50));
+  }
+  request.set_preview_every(preview_every);
   // Left out, the worker's default plan applies; a plan file travels as its text.
   if (!absl::GetFlag(FLAGS_attention).empty()) {
     absl::StatusOr<SparsityPlanText> attention = ReadSparsityPlanText(absl::GetFlag(FLAGS_attention));

@@ -17,6 +17,12 @@ void JobWatchers::Publish(const zoetrope::v1::JobEvent& event, bool final) {
   sinks_ = std::move(open);
 }
 
+WatchEventKind KindOfEvent(const zoetrope::v1::JobEvent& event) {
+  if (event.has_step()) return WatchEventKind::kStep;
+  if (event.has_preview()) return WatchEventKind::kPreview;
+  return WatchEventKind::kOther;
+}
+
 zoetrope::v1::JobEvent QueuedEvent(int position) {
   zoetrope::v1::JobEvent event;
   event.mutable_queued()->set_position(position);

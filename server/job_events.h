@@ -6,8 +6,11 @@
 // Not thread-safe: the scheduler calls all of this under its mutex.
 #pragma once
 
+#include <cstddef>
+#include <deque>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "zoetrope/v1/video_service.pb.h"
@@ -35,6 +38,41 @@ class JobWatchers {
  private:
   std::vector<std::shared_ptr<JobEventSink>> sinks_;
 };
+
+// The most bytes of image data one preview event may carry (video_service.proto, JobEvent.Preview).
+inline constexpr size_t kMaxPreviewBytes = 64 * 1024;
+
+// How a watcher's queue treats an event when the client reads slowly (see EnqueueForWatcher).
+enum class WatchEventKind { kOther, kStep, kPreview };
+WatchEventKind KindOfEvent(const zoetrope::v1::JobEvent& event);
+
+// Appends `entry` (anything with a `kind` member of WatchEventKind) to one watcher's queue of events not
+// yet written, with the rules for a client that reads slowly or not at all:
+//  * previews have one slot: a new preview replaces a preview still waiting (and goes to the end, so
+//    events stay in time order); a watcher is never more than one preview behind;
+//  * past `max_pending` entries the oldest step event is dropped (the newest steps say where the job is);
+//  * every other event (queued, started, phase, finished) is always kept.
+// So the memory a stuck watcher holds is bounded (max_pending small events plus one preview), and what it
+// loses first are previews, then old steps, never state changes.
+template <typename Entry>
+void EnqueueForWatcher(std::deque<Entry>& pending, Entry entry, size_t max_pending) {
+  if (entry.kind == WatchEventKind::kPreview) {
+    for (auto it = pending.begin(); it != pending.end(); ++it) {
+      if (it->kind == WatchEventKind::kPreview) {
+        pending.erase(it);
+        break;
+      }
+    }
+  } else if (pending.size() >= max_pending) {
+    for (auto it = pending.begin(); it != pending.end(); ++it) {
+      if (it->kind == WatchEventKind::kStep) {
+        pending.erase(it);
+        break;
+      }
+    }
+  }
+  pending.push_back(std::move(entry));
+}
 
 // Event bodies; the caller adds the job's snapshot and the time.
 zoetrope::v1::JobEvent QueuedEvent(int position);

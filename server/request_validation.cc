@@ -73,14 +73,6 @@ absl::Status CheckText(absl::string_view field, const std::string& text, bool re
   return absl::OkStatus();
 }
 
-absl::Status CheckPixels(absl::string_view field, int32_t value) {
-  if (value < kMinPixels || value > kMaxPixels || value % 16 != 0) {
-    return Invalid(field, absl::StrCat("must be a multiple of 16 in [", kMinPixels, ", ", kMaxPixels, "] (got ",
-                                       value, ")"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 bool IsValidUtf8(absl::string_view text, size_t* error_offset) {
@@ -156,8 +148,17 @@ absl::StatusOr<v1::SubmitJobRequest> ParseSubmitJobRequest(const std::string& by
   return request;
 }
 
-int64_t LatentTokens(int64_t width, int64_t height, int64_t frames) {
-  return ((frames - 1) / 4 + 1) * (height / 16) * (width / 16);
+int64_t LatentTokens(int64_t width, int64_t height, int64_t frames) { return LatentTokenCount(width, height, frames); }
+
+GenerationLimits ServiceLimits(int64_t max_tokens) {
+  GenerationLimits limits;
+  limits.max_pixels = kMaxPixels;
+  limits.max_frames = kMaxFrames;
+  limits.max_steps = kMaxSteps;
+  limits.max_guidance = kMaxGuidance;
+  limits.max_shift = kMaxShift;
+  limits.max_tokens = max_tokens;
+  return EffectiveLimits(limits);
 }
 
 absl::StatusOr<v1::SubmitJobRequest> ValidateAndResolve(const v1::SubmitJobRequest& request,
@@ -193,41 +194,28 @@ absl::StatusOr<v1::SubmitJobRequest> ValidateAndResolve(const v1::SubmitJobReque
     return status;
   }
 
-  // width, height, frames, fps, steps: 0 takes the default; anything else must satisfy the rule.
+  // width, height, frames, fps, steps, guidance, shift: 0 takes the default; anything else must satisfy
+  // the engine's rules under this service's limits (common/generation_rules.h: one set of rules, so a job
+  // accepted here is never one the engine refuses).
   if (request.width() == 0) resolved.set_width(kDefaultWidth);
-  if (absl::Status status = CheckPixels("width", resolved.width()); !status.ok()) return status;
   if (request.height() == 0) resolved.set_height(kDefaultHeight);
-  if (absl::Status status = CheckPixels("height", resolved.height()); !status.ok()) return status;
   if (request.frames() == 0) resolved.set_frames(kDefaultFrames);
-  if (resolved.frames() < 1 || resolved.frames() > kMaxFrames || (resolved.frames() - 1) % 4 != 0) {
-    return Invalid("frames", absl::StrCat("must be 4n+1 in [1, ", kMaxFrames, "], e.g. 17 or 81 (got ",
-                                          resolved.frames(), ")"));
-  }
   if (request.fps() == 0) resolved.set_fps(kDefaultFps);
+  if (request.steps() == 0) resolved.set_steps(kDefaultSteps);
+  if (request.guidance() == 0.0) resolved.set_guidance(kDefaultGuidance);
+  if (request.shift() == 0.0) resolved.set_shift(kDefaultShift);
+  GenerationShape shape;
+  shape.width = resolved.width();
+  shape.height = resolved.height();
+  shape.frames = resolved.frames();
+  shape.steps = resolved.steps();
+  shape.guidance = resolved.guidance();
+  shape.shift = resolved.shift();
+  if (absl::Status status = CheckGenerationRules(shape, ServiceLimits(context.max_tokens)); !status.ok()) {
+    return status;
+  }
   if (resolved.fps() < 1 || resolved.fps() > kMaxFps) {
     return Invalid("fps", absl::StrCat("must be in [1, ", kMaxFps, "] (got ", resolved.fps(), ")"));
-  }
-  if (request.steps() == 0) resolved.set_steps(kDefaultSteps);
-  if (resolved.steps() < 1 || resolved.steps() > kMaxSteps) {
-    return Invalid("steps", absl::StrCat("must be in [1, ", kMaxSteps, "] (got ", resolved.steps(), ")"));
-  }
-  const int64_t tokens = LatentTokens(resolved.width(), resolved.height(), resolved.frames());
-  if (context.max_tokens > 0 && tokens > context.max_tokens) {
-    return Invalid("width, height, frames",
-                   absl::StrCat("together give ", tokens, " latent tokens ((frames−1)/4+1 · height/16 · "
-                                "width/16); this server accepts at most ",
-                                context.max_tokens));
-  }
-
-  // guidance, shift
-  if (request.guidance() == 0.0) resolved.set_guidance(kDefaultGuidance);
-  if (!std::isfinite(resolved.guidance()) || resolved.guidance() <= 0.0 || resolved.guidance() > kMaxGuidance) {
-    return Invalid("guidance", absl::StrFormat("must be finite and in (0, %g] (got %g)", kMaxGuidance,
-                                               resolved.guidance()));
-  }
-  if (request.shift() == 0.0) resolved.set_shift(kDefaultShift);
-  if (!std::isfinite(resolved.shift()) || resolved.shift() <= 0.0 || resolved.shift() > kMaxShift) {
-    return Invalid("shift", absl::StrFormat("must be finite and in (0, %g] (got %g)", kMaxShift, resolved.shift()));
   }
 
   // sampler, priority, output_format: known enum values.
@@ -275,6 +263,12 @@ absl::StatusOr<v1::SubmitJobRequest> ValidateAndResolve(const v1::SubmitJobReque
                                    : plan.status();
     // Plan errors already start with their source, "attention".
     if (!valid.ok()) return absl::InvalidArgumentError(valid.message());
+  }
+
+  // preview_every: 0 = no previews (docs/previews.md); more than `steps` would never send one.
+  if (request.preview_every() < 0 || request.preview_every() > resolved.steps()) {
+    return Invalid("preview_every", absl::StrCat("must be in [0, steps = ", resolved.steps(), "] (got ",
+                                                 request.preview_every(), ")"));
   }
 
   // client_request_id

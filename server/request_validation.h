@@ -10,12 +10,14 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/generation_rules.h"
 #include "google/protobuf/message.h"
 #include "zoetrope/v1/video_service.pb.h"
 
 namespace zoetrope::server {
 
-// Limits of the API (documented in video_service.proto).
+// Limits of the API (documented in video_service.proto). The shape, steps, guidance and shift limits
+// narrow the engine's (common/generation_rules.h), which also supplies the rules themselves.
 inline constexpr int kMaxPromptCharacters = 2000;
 inline constexpr int kMinPixels = 16;
 inline constexpr int kMaxPixels = 2048;
@@ -69,6 +71,10 @@ bool IsValidUtf8(absl::string_view text, size_t* error_offset = nullptr);
 
 // Latent tokens of a video: ((frames − 1)/4 + 1) · (height/16) · (width/16).
 int64_t LatentTokens(int64_t width, int64_t height, int64_t frames);
+
+// The engine's limits narrowed by this API's (kMaxPixels, kMaxFrames, kMaxSteps, kMaxGuidance, kMaxShift)
+// and `max_tokens` (0: none): what ValidateAndResolve passes to CheckGenerationRules.
+GenerationLimits ServiceLimits(int64_t max_tokens);
 
 // The idempotency fingerprint of a request as the client sent it: protobuf's deterministic serialization
 // (map entries sorted by key), so the same request always gives the same bytes, whatever the order in

@@ -27,19 +27,25 @@ absl::StatusOr<std::unique_ptr<ResultStore>> ResultStore::Open(const std::string
     return absl::UnavailableError(absl::StrCat("result store ", directory, ": cannot create: ", error.message()));
   }
   std::unique_ptr<ResultStore> store(new ResultStore(directory));
+  int64_t stored_bytes = 0;
   for (const auto& entry : std::filesystem::directory_iterator(directory, error)) {
     const std::string name = entry.path().filename().string();
     if (absl::EndsWith(name, kPartialSuffix)) {
       std::filesystem::remove(entry.path(), error);
     } else if (absl::EndsWith(name, kResultSuffix) && entry.is_regular_file(error)) {
-      store->stored_bytes_ += static_cast<int64_t>(entry.file_size(error));
+      stored_bytes += static_cast<int64_t>(entry.file_size(error));
     }
+  }
+  {
+    absl::MutexLock lock(&store->mutex_);
+    store->stored_bytes_ = stored_bytes;
   }
   if (error) return absl::UnavailableError(absl::StrCat("result store ", directory, ": ", error.message()));
   return store;
 }
 
 ResultStore::~ResultStore() {
+  absl::MutexLock lock(&mutex_);
   for (auto& [job_id, upload] : uploads_) {
     Close(upload);
     std::error_code error;
@@ -61,6 +67,11 @@ void ResultStore::Close(Upload& upload) {
 }
 
 absl::Status ResultStore::Append(const std::string& job_id, int attempt, int64_t offset, absl::string_view data) {
+  absl::MutexLock lock(&mutex_);
+  return AppendLocked(job_id, attempt, offset, data);
+}
+
+absl::Status ResultStore::AppendLocked(const std::string& job_id, int attempt, int64_t offset, absl::string_view data) {
   auto found = uploads_.find(job_id);
   if (offset == 0) {
     if (found != uploads_.end()) {
@@ -102,11 +113,12 @@ absl::Status ResultStore::Append(const std::string& job_id, int attempt, int64_t
 
 absl::StatusOr<StoredResult> ResultStore::Commit(const std::string& job_id, int attempt, int64_t expected_size,
                                                  const std::string& expected_sha256) {
+  absl::MutexLock lock(&mutex_);
   auto found = uploads_.find(job_id);
   if (found == uploads_.end() || found->second.attempt != attempt) {
     if (expected_size == 0) {
       // An empty result sends no chunk.
-      if (absl::Status started = Append(job_id, attempt, 0, ""); !started.ok()) return started;
+      if (absl::Status started = AppendLocked(job_id, attempt, 0, ""); !started.ok()) return started;
       found = uploads_.find(job_id);
     } else {
       return absl::FailedPreconditionError(
@@ -157,6 +169,17 @@ absl::StatusOr<StoredResult> ResultStore::Commit(const std::string& job_id, int 
 }
 
 void ResultStore::Abort(const std::string& job_id) {
+  absl::MutexLock lock(&mutex_);
+  AbortLocked(job_id);
+}
+
+void ResultStore::Abort(const std::string& job_id, int attempt) {
+  absl::MutexLock lock(&mutex_);
+  auto found = uploads_.find(job_id);
+  if (found != uploads_.end() && found->second.attempt == attempt) AbortLocked(job_id);
+}
+
+void ResultStore::AbortLocked(const std::string& job_id) {
   auto found = uploads_.find(job_id);
   if (found == uploads_.end()) return;
   Close(found->second);
@@ -166,6 +189,7 @@ void ResultStore::Abort(const std::string& job_id) {
 }
 
 absl::Status ResultStore::Delete(const std::string& job_id) {
+  absl::MutexLock lock(&mutex_);
   const std::string path = PathOf(job_id);
   std::error_code error;
   const auto size = std::filesystem::file_size(path, error);

@@ -6,7 +6,8 @@
 // committed only when its size and SHA-256 match what the worker announced; then the file is renamed
 // to its final name, so a reader never sees a partial result.
 //
-// Not thread-safe: the scheduler serializes calls.
+// Thread-safe (one mutex of its own): the scheduler writes uploaded chunks and commits results outside its
+// global lock, so that a slow disk stalls only the worker that uploads, not every API call.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +17,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "common/sha256.h"
 
 namespace zoetrope::server {
@@ -45,10 +48,15 @@ class ResultStore {
                                       const std::string& expected_sha256);
   // Drops a partial upload of the job (any attempt).
   void Abort(const std::string& job_id);
+  // Drops a partial upload of the job only if it belongs to `attempt` (a later attempt's stays).
+  void Abort(const std::string& job_id, int attempt);
   // Deletes a published result; OK when it is already gone.
   absl::Status Delete(const std::string& job_id);
   // Bytes of published results currently on disk (tracked, not scanned).
-  int64_t stored_bytes() const { return stored_bytes_; }
+  int64_t stored_bytes() const {
+    absl::MutexLock lock(&mutex_);
+    return stored_bytes_;
+  }
 
  private:
   struct Upload {
@@ -60,10 +68,14 @@ class ResultStore {
   explicit ResultStore(std::string directory) : directory_(std::move(directory)) {}
   std::string PartialPathOf(const std::string& job_id) const;
   void Close(Upload& upload);
+  absl::Status AppendLocked(const std::string& job_id, int attempt, int64_t offset, absl::string_view data)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void AbortLocked(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
-  std::string directory_;
-  std::map<std::string, Upload> uploads_;
-  int64_t stored_bytes_ = 0;
+  const std::string directory_;
+  mutable absl::Mutex mutex_;
+  std::map<std::string, Upload> uploads_ ABSL_GUARDED_BY(mutex_);
+  int64_t stored_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
 }  // namespace zoetrope::server

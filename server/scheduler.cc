@@ -141,7 +141,10 @@ absl::Status Scheduler::Recover() {
     }
   }
   next_result_sweep_ = now;
-  if (metrics_ != nullptr) metrics_->SetResultStoreBytes(static_cast<double>(results_->stored_bytes()));
+  if (metrics_ != nullptr) {
+    metrics_->SetResultStoreBytes(static_cast<double>(results_->stored_bytes()));
+    for (const std::string& model : options_.models) metrics_->InitializeModel(model);
+  }
   Log("scheduler", "job store ", store_->path(), ": recovered ", queued, " queued and ", running,
       " running jobs; results in ", results_->directory());
   return absl::OkStatus();
@@ -314,6 +317,10 @@ absl::StatusOr<v1::Job> Scheduler::SubmitLocked(const v1::SubmitJobRequest& requ
   context.workers_connected = !workers_.empty() || !options_.models.empty();
   absl::StatusOr<v1::SubmitJobRequest> resolved = ValidateAndResolve(request, context);
   if (!resolved.ok()) return resolved.status();
+  // Admission: a job that no known worker for its model can run (tokens, format, estimated peak memory)
+  // would wait forever or crash the worker that takes it; refuse it now.
+  bool workers_known = false;
+  if (absl::Status runnable = RunnableLocked(*resolved, &workers_known); !runnable.ok()) return runnable;
   if (!unpersisted_.empty()) {
     return absl::UnavailableError(absl::StrCat("the job store failed to record ", unpersisted_.size(),
                                                " job state change(s) and is retrying: submit again later"));

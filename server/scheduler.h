@@ -17,8 +17,10 @@
 // A state write the store fails (disk full, busy database) is kept and retried every tick; until it
 // succeeds SubmitJob answers UNAVAILABLE (fail closed).
 //
-// Thread-safe: one mutex guards everything. Store writes happen under it (a submit waits for its own
-// commit). Event sinks are called under it and must not block or call back into the scheduler.
+// Thread-safe: one mutex guards everything. Job store writes happen under it (a submit waits for its own
+// commit); result files do not: uploaded chunks and the commit of a result (write, fsync, rename) run
+// outside it, checked against the job's current attempt before and after, so a slow disk stalls only the
+// worker that uploads. Event sinks are called under it and must not block or call back into the scheduler.
 //
 // The queue's order is JobQueue's (server/job_queue.h), event delivery JobWatchers' (server/job_events.h).
 // The member functions are split by responsibility: scheduler.cc (creation, recovery, the public API,
@@ -70,6 +72,11 @@ struct SchedulerOptions {
   absl::Duration worker_grace = absl::Seconds(10);
   // Worker losses after which a job FAILS instead of being queued again.
   int max_worker_losses = 2;
+  // Admission (docs/service.md): a job that no worker serving its model can run (token limit, output
+  // format, estimated peak memory over the device's) is FAILED_PRECONDITION at submit when such workers are
+  // connected or were within this time; a queued job that none of them can run for this long fails with
+  // FAILED_PRECONDITION. Without any worker for the model a job waits (workers may still be starting).
+  absl::Duration unrunnable_grace = absl::Minutes(10);
   absl::Duration result_retention = absl::Hours(24);
   // Cost = GPUs × wall time × price per GPU-hour (+ energy × PUE × price per kWh).
   double price_per_gpu_hour = 0.0;
@@ -144,6 +151,8 @@ class Scheduler {
     // RUNNING when the scheduler restarted and not yet taken back by its worker: if the worker does not
     // come back, the restart (not a worker crash) interrupted it, so it costs no worker loss.
     bool interrupted_by_restart = false;
+    // QUEUED: since when workers serving its model are known and none of them can run it (admission).
+    absl::Time unrunnable_since = absl::InfiniteFuture();
     bool cancel_sent = false;
     int cancel_code = 0;
     double step_seconds_sum = 0.0;
@@ -196,6 +205,13 @@ class Scheduler {
 
   // scheduler_dispatch.cc: dispatch and the job lifecycle.
   bool CanRunLocked(const WorkerState& worker, const LiveJob& live) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Admission: OK when a connected worker, or one gone less than unrunnable_grace ago, that serves the
+  // request's model can run it, or when no such worker is known at all (`*known` false); otherwise
+  // FAILED_PRECONDITION naming each worker's reason.
+  absl::Status RunnableLocked(const zoetrope::v1::SubmitJobRequest& request, bool* known) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Fails queued jobs that have been unrunnable for unrunnable_grace (scheduler_timer.cc).
+  void FailUnrunnableLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void DispatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void AssignLocked(WorkerState& worker, LiveJob& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Ends a live job: persists, counts, notifies, and removes it from memory (`live` is gone afterwards);
@@ -223,10 +239,19 @@ class Scheduler {
   void DetachLocked(uint64_t connection, bool stream_closed = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void HandleProgressLocked(WorkerState& worker, const zoetrope::v1::JobProgress& progress)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void HandleUploadLocked(WorkerState& worker, const zoetrope::v1::ResultUpload& upload)
+  // A live preview: handed to the job's open watchers as it is, never stored (docs/previews.md).
+  void HandlePreviewLocked(WorkerState& worker, const zoetrope::v1::JobPreview& preview)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void HandleCompletionLocked(WorkerState& worker, const zoetrope::v1::JobCompletion& completion)
+  // A result chunk, and a completion with code OK (its result committed): the file I/O runs outside the lock.
+  void HandleUpload(uint64_t connection, const zoetrope::v1::ResultUpload& upload) ABSL_LOCKS_EXCLUDED(mutex_);
+  void HandleSucceededCompletion(uint64_t connection, const zoetrope::v1::JobCompletion& completion)
+      ABSL_LOCKS_EXCLUDED(mutex_);
+  // `committed`: the result of ResultStore::Commit when code is OK (null: committed here, under the lock).
+  void HandleCompletionLocked(WorkerState& worker, const zoetrope::v1::JobCompletion& completion,
+                              const absl::StatusOr<StoredResult>* committed = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // True when (job, attempt) is no longer running: finished, queued again, or a later attempt.
+  bool AttemptOverLocked(const std::string& job_id, int attempt) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   LiveJob* FindCurrentAttemptLocked(const WorkerState& worker, const std::string& job_id, int attempt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
@@ -261,10 +286,15 @@ class Scheduler {
   std::map<uint64_t, WorkerState> workers_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<std::string, uint64_t> connection_of_worker_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::string> announced_models_ ABSL_GUARDED_BY(mutex_);
+  // Workers that disconnected, by id, with their capabilities and when they went; forgotten after
+  // unrunnable_grace (admission counts them: a worker restarting is not a worker gone).
+  std::map<std::string, std::pair<zoetrope::v1::WorkerCapabilities, absl::Time>> departed_workers_
+      ABSL_GUARDED_BY(mutex_);
   uint64_t next_connection_ ABSL_GUARDED_BY(mutex_) = 1;
   bool draining_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   absl::Time next_result_sweep_ ABSL_GUARDED_BY(mutex_);
+  absl::Time next_admission_check_ ABSL_GUARDED_BY(mutex_);
   // Job states the store failed to write (disk full, busy database), newest per job, with their worker
   // losses: retried every tick until written. While any is pending the scheduler fails closed: SubmitJob
   // answers UNAVAILABLE, so no new work piles onto a store that may not remember it.

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/time_util.h"
@@ -29,20 +31,66 @@ void SetError(v1::Job& job, int code, const std::string& message) {
 
 }  // namespace
 
-bool Scheduler::CanRunLocked(const WorkerState& worker, const LiveJob& live) const {
-  const v1::WorkerCapabilities& capabilities = worker.capabilities;
-  const v1::SubmitJobRequest& request = live.job.request();
+PeakMemoryModel MemoryModelOf(const v1::WorkerCapabilities& capabilities) {
+  PeakMemoryModel model;
+  model.resident_bytes = capabilities.resident_memory_bytes();
+  model.denoise_bytes_per_token = capabilities.denoise_memory_bytes_per_token();
+  model.decode_bytes_per_pixel = capabilities.decode_memory_bytes_per_pixel();
+  model.sequence_parallel = std::max(1, capabilities.sequence_parallel_degree());
+  return model;
+}
+
+std::string WhyCannotRun(const v1::WorkerCapabilities& capabilities, const v1::SubmitJobRequest& request) {
   if (std::find(capabilities.models().begin(), capabilities.models().end(), request.model()) ==
       capabilities.models().end()) {
-    return false;
+    return absl::StrCat("it does not serve model \"", request.model(), "\"");
   }
-  if (capabilities.max_tokens() > 0 && live.tokens > capabilities.max_tokens()) return false;
+  const int64_t tokens = LatentTokenCount(request.width(), request.height(), request.frames());
+  if (capabilities.max_tokens() > 0 && tokens > capabilities.max_tokens()) {
+    return absl::StrCat("the request's ", tokens, " latent tokens exceed its limit of ", capabilities.max_tokens());
+  }
   if (request.output_format() != v1::OUTPUT_FORMAT_UNSPECIFIED &&
       std::find(capabilities.output_formats().begin(), capabilities.output_formats().end(), request.output_format()) ==
           capabilities.output_formats().end()) {
-    return false;
+    return absl::StrCat("it does not write ", v1::OutputFormat_Name(request.output_format()));
   }
-  return true;
+  const int64_t peak = EstimatePeakMemoryBytes(MemoryModelOf(capabilities), request.width(), request.height(),
+                                               request.frames());
+  if (capabilities.device_memory_bytes() > 0 && peak > capabilities.device_memory_bytes()) {
+    return absl::StrFormat("the estimated peak memory %.2f GiB exceeds its device memory %.2f GiB",
+                           static_cast<double>(peak) / (1 << 30),
+                           static_cast<double>(capabilities.device_memory_bytes()) / (1 << 30));
+  }
+  return "";
+}
+
+bool Scheduler::CanRunLocked(const WorkerState& worker, const LiveJob& live) const {
+  return WhyCannotRun(worker.capabilities, live.job.request()).empty();
+}
+
+absl::Status Scheduler::RunnableLocked(const v1::SubmitJobRequest& request, bool* known) const {
+  *known = false;
+  std::vector<std::string> reasons;
+  auto consider = [&](const std::string& worker_id, const v1::WorkerCapabilities& capabilities) {
+    if (std::find(capabilities.models().begin(), capabilities.models().end(), request.model()) ==
+        capabilities.models().end()) {
+      return false;
+    }
+    *known = true;
+    const std::string why = WhyCannotRun(capabilities, request);
+    if (why.empty()) return true;
+    reasons.push_back(absl::StrCat("worker ", worker_id, ": ", why));
+    return false;
+  };
+  for (const auto& [connection, worker] : workers_) {
+    if (consider(worker.id, worker.capabilities)) return absl::OkStatus();
+  }
+  for (const auto& [worker_id, departed] : departed_workers_) {
+    if (consider(worker_id, departed.first)) return absl::OkStatus();
+  }
+  if (!*known) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat("no worker serving model \"", request.model(),
+                                                    "\" can run this job (", absl::StrJoin(reasons, "; "), ")"));
 }
 
 void Scheduler::DispatchLocked() {

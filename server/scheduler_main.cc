@@ -46,6 +46,10 @@ ABSL_FLAG(absl::Duration, worker_timeout, absl::Seconds(10), "a worker silent th
 ABSL_FLAG(absl::Duration, worker_grace, absl::Seconds(10),
           "how long a running job waits for its lost worker before it is queued again");
 ABSL_FLAG(int32_t, max_worker_losses, 2, "worker losses after which a job fails instead of being queued again");
+ABSL_FLAG(absl::Duration, unrunnable_grace, absl::Minutes(10),
+          "a queued job that no worker serving its model can run (tokens, output format, estimated peak memory) "
+          "for this long fails with FAILED_PRECONDITION; such a job is refused at submit while those workers "
+          "are connected or were within this time");
 ABSL_FLAG(absl::Duration, result_retention, absl::Hours(24), "how long results are kept");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Minutes(10), "how long SIGTERM waits for running jobs");
 ABSL_FLAG(double, price_per_gpu_hour, 0.0, "price of one GPU-hour in dollars (cost metrics)");
@@ -87,6 +91,7 @@ absl::StatusOr<SchedulerServerOptions> OptionsFromFlags() {
   scheduler.worker_timeout = absl::GetFlag(FLAGS_worker_timeout);
   scheduler.worker_grace = absl::GetFlag(FLAGS_worker_grace);
   scheduler.max_worker_losses = absl::GetFlag(FLAGS_max_worker_losses);
+  scheduler.unrunnable_grace = absl::GetFlag(FLAGS_unrunnable_grace);
   scheduler.result_retention = absl::GetFlag(FLAGS_result_retention);
   scheduler.price_per_gpu_hour = absl::GetFlag(FLAGS_price_per_gpu_hour);
   scheduler.price_per_kwh = absl::GetFlag(FLAGS_price_per_kwh);

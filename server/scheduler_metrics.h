@@ -30,7 +30,8 @@
 // Label combinations known in advance are exported at 0 before their first use, so that a dashboard or an
 // alert (rate(), absent()) sees the series from the first scrape rather than from the first event: every
 // method × gRPC code of zoetrope_api_requests_total from the start, and for each model, as soon as the
-// scheduler first reports anything about it, every priority, final state and requeue reason. All of these
+// scheduler first knows it (configured with --models, announced by a worker, or first reported), every
+// priority, final state and requeue reason. All of these
 // sets are small and fixed (7 × 17 API series; 3 + 4 + 2 + 3 + 1 + 1 per model).
 #pragma once
 
@@ -78,10 +79,11 @@ class SchedulerMetrics {
   void SetDraining(bool draining);
   // "240p", "480p", "720p", "1080p": the class of a video's short side.
   static std::string ResolutionClass(int width, int height);
+  // Creates the model's series of the known label values at 0, once per model. The scheduler calls it for
+  // its --models at start and for every model a worker announces, so that they are exported before first use.
+  void InitializeModel(const std::string& model);
 
  private:
-  // Creates the model's series of the known label values at 0, once per model.
-  void InitializeModel(const std::string& model);
 
   absl::Mutex models_mutex_;
   std::set<std::string> initialized_models_ ABSL_GUARDED_BY(models_mutex_);

@@ -1,10 +1,13 @@
 // The scheduler's timer thread: every tick it ends jobs whose deadline passed (EXPIRED in the queue; asked
 // to stop, or FAILED when their worker is gone, while running), queues again or fails jobs whose worker
-// stayed away past the grace time, disconnects silent workers, and deletes results past their retention.
+// stayed away past the grace time, fails queued jobs no known worker can run (--unrunnable_grace),
+// disconnects silent workers, and deletes results past their retention.
 // Everything here is driven by time rather than by a request or a worker message, which is why it is
 // apart from the API and the worker protocol.
 #include <algorithm>
+#include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -87,7 +90,37 @@ void Scheduler::TickLocked(absl::Time now) {
   }
 
   if (now >= next_result_sweep_) SweepResultsLocked(now);
+  if (now >= next_admission_check_) FailUnrunnableLocked(now);
   DispatchLocked();
+}
+
+void Scheduler::FailUnrunnableLocked(absl::Time now) {
+  // Once a second is enough for a grace of minutes, and keeps the queue scan off most ticks.
+  next_admission_check_ = now + std::min(absl::Seconds(1), options_.unrunnable_grace / 4);
+  for (auto it = departed_workers_.begin(); it != departed_workers_.end();) {
+    it = now - it->second.second > options_.unrunnable_grace ? departed_workers_.erase(it) : std::next(it);
+  }
+  std::vector<std::pair<std::string, std::string>> unrunnable;  // job id, why
+  for (const JobQueue::Entry& entry : queue_) {
+    LiveJob& live = live_.at(entry.job_id);
+    bool known = false;
+    const absl::Status runnable = RunnableLocked(live.job.request(), &known);
+    if (runnable.ok()) {
+      live.unrunnable_since = absl::InfiniteFuture();
+      continue;
+    }
+    if (live.unrunnable_since == absl::InfiniteFuture()) live.unrunnable_since = now;
+    if (now - live.unrunnable_since >= options_.unrunnable_grace) {
+      unrunnable.emplace_back(entry.job_id, std::string(runnable.message()));
+    }
+  }
+  for (const auto& [id, why] : unrunnable) {
+    auto found = live_.find(id);
+    if (found == live_.end()) continue;
+    FinishLocked(found->second, v1::JOB_STATE_FAILED, static_cast<int>(absl::StatusCode::kFailedPrecondition),
+                 absl::StrCat(why, " for ", absl::FormatDuration(options_.unrunnable_grace),
+                              " (--unrunnable_grace)"));
+  }
 }
 
 void Scheduler::SweepResultsLocked(absl::Time now) {

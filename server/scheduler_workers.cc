@@ -4,6 +4,7 @@
 // here, which is what fences a worker that comes back late; keeping the protocol in one file keeps that
 // rule in one place.
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -51,8 +52,10 @@ absl::StatusOr<uint64_t> Scheduler::AttachWorker(const v1::WorkerHello& hello, s
   for (const std::string& model : hello.capabilities().models()) {
     if (std::find(announced_models_.begin(), announced_models_.end(), model) == announced_models_.end()) {
       announced_models_.push_back(model);
+      if (metrics_ != nullptr) metrics_->InitializeModel(model);
     }
   }
+  departed_workers_.erase(hello.worker_id());
   const uint64_t connection = next_connection_++;
   WorkerState& worker = workers_[connection];
   worker.connection = connection;
@@ -101,7 +104,10 @@ absl::StatusOr<uint64_t> Scheduler::AttachWorker(const v1::WorkerHello& hello, s
     }
   }
   Log("scheduler", "worker ", worker.id, " connected (", absl::StrJoin(worker.capabilities.models(), ", "), ", ",
-      worker.capabilities.backend(), ", max ", worker.capabilities.max_tokens(), " tokens)", held_summary);
+      worker.capabilities.backend(), ", max ", worker.capabilities.max_tokens(), " tokens, device memory ",
+      worker.capabilities.device_memory_bytes() >> 20, " MiB, peak memory ",
+      worker.capabilities.resident_memory_bytes() >> 20, " MiB + ", worker.capabilities.denoise_memory_bytes_per_token(),
+      " B/token or ", worker.capabilities.decode_memory_bytes_per_pixel(), " B/pixel)", held_summary);
   PublishWorkersLocked();
   DispatchLocked();
   return connection;
@@ -120,6 +126,11 @@ Scheduler::LiveJob* Scheduler::FindCurrentAttemptLocked(const WorkerState& worke
 }
 
 void Scheduler::OnWorkerMessage(uint64_t connection, const v1::WorkerMessage& message) {
+  // Result bytes and their commit are disk I/O: handled outside the global lock.
+  if (message.kind_case() == v1::WorkerMessage::kUpload) return HandleUpload(connection, message.upload());
+  if (message.kind_case() == v1::WorkerMessage::kCompletion && message.completion().code() == kCodeOk) {
+    return HandleSucceededCompletion(connection, message.completion());
+  }
   absl::MutexLock lock(&mutex_);
   auto found = workers_.find(connection);
   if (found == workers_.end()) return;  // a replaced or timed-out stream
@@ -131,9 +142,11 @@ void Scheduler::OnWorkerMessage(uint64_t connection, const v1::WorkerMessage& me
     case v1::WorkerMessage::kProgress:
       HandleProgressLocked(worker, message.progress());
       break;
-    case v1::WorkerMessage::kUpload:
-      HandleUploadLocked(worker, message.upload());
+    case v1::WorkerMessage::kPreview:
+      HandlePreviewLocked(worker, message.preview());
       break;
+    case v1::WorkerMessage::kUpload:
+      break;  // handled above
     case v1::WorkerMessage::kCompletion:
       HandleCompletionLocked(worker, message.completion());
       break;
@@ -177,12 +190,47 @@ void Scheduler::HandleProgressLocked(WorkerState& worker, const v1::JobProgress&
   }
 }
 
-void Scheduler::HandleUploadLocked(WorkerState& worker, const v1::ResultUpload& upload) {
-  LiveJob* live = FindCurrentAttemptLocked(worker, upload.job_id(), upload.attempt());
-  if (live == nullptr) return;
-  absl::Status appended = results_->Append(upload.job_id(), upload.attempt(), upload.offset(), upload.data());
+void Scheduler::HandlePreviewLocked(WorkerState& worker, const v1::JobPreview& preview) {
+  LiveJob* live = FindCurrentAttemptLocked(worker, preview.job_id(), preview.attempt());
+  // Nobody watching: the preview goes nowhere (it is never kept for a later watcher or the store).
+  if (live == nullptr || live->watchers.empty()) return;
+  // The API promises at most 64 KiB per preview; a worker that sends more is out of contract.
+  if (preview.preview().data().size() > kMaxPreviewBytes) return;
+  v1::JobEvent event;
+  *event.mutable_preview() = preview.preview();
+  EmitLocked(*live, std::move(event), false);
+}
+
+bool Scheduler::AttemptOverLocked(const std::string& job_id, int attempt) const {
+  auto found = live_.find(job_id);
+  return found == live_.end() || found->second.job.state() != v1::JOB_STATE_RUNNING ||
+         found->second.job.attempt() != attempt;
+}
+
+void Scheduler::HandleUpload(uint64_t connection, const v1::ResultUpload& upload) {
+  ResultStore* results = nullptr;
+  {
+    absl::MutexLock lock(&mutex_);
+    auto found = workers_.find(connection);
+    if (found == workers_.end()) return;  // a replaced or timed-out stream
+    found->second.last_seen = absl::Now();
+    if (FindCurrentAttemptLocked(found->second, upload.job_id(), upload.attempt()) == nullptr) return;
+    results = results_.get();  // never replaced while the scheduler lives
+  }
+  const absl::Status appended = results->Append(upload.job_id(), upload.attempt(), upload.offset(), upload.data());
+  absl::MutexLock lock(&mutex_);
+  auto found = workers_.find(connection);
+  LiveJob* live =
+      found == workers_.end() ? nullptr : FindCurrentAttemptLocked(found->second, upload.job_id(), upload.attempt());
+  if (live == nullptr) {
+    // The attempt ended while its chunk was written (cancelled, deadline, lost): drop what it left, unless
+    // the attempt goes on on another stream of the same worker.
+    if (AttemptOverLocked(upload.job_id(), upload.attempt())) results_->Abort(upload.job_id(), upload.attempt());
+    return;
+  }
   if (appended.ok()) return;
   // A broken upload cannot be repaired chunk by chunk: fail the job and tell the worker to stop.
+  WorkerState& worker = found->second;
   SendCancel(*worker.channel, upload.job_id(), upload.attempt(), kCodeDataLoss, appended.message());
   worker.stale_job = upload.job_id();
   FinishLocked(*live, v1::JOB_STATE_FAILED, static_cast<int>(appended.code()),
@@ -190,7 +238,42 @@ void Scheduler::HandleUploadLocked(WorkerState& worker, const v1::ResultUpload& 
   DispatchLocked();
 }
 
-void Scheduler::HandleCompletionLocked(WorkerState& worker, const v1::JobCompletion& completion) {
+void Scheduler::HandleSucceededCompletion(uint64_t connection, const v1::JobCompletion& completion) {
+  ResultStore* results = nullptr;
+  {
+    absl::MutexLock lock(&mutex_);
+    auto found = workers_.find(connection);
+    if (found == workers_.end()) return;
+    WorkerState& worker = found->second;
+    worker.last_seen = absl::Now();
+    if (FindCurrentAttemptLocked(worker, completion.job_id(), completion.attempt()) == nullptr) {
+      HandleCompletionLocked(worker, completion);  // not ours any more: acknowledged, nothing committed
+      return;
+    }
+    results = results_.get();
+  }
+  // Size and SHA-256 checked, fsync, rename, fsync of the folder.
+  const absl::StatusOr<StoredResult> committed = results->Commit(completion.job_id(), completion.attempt(),
+                                                                 completion.result_size_bytes(),
+                                                                 completion.result_sha256());
+  absl::MutexLock lock(&mutex_);
+  auto found = workers_.find(connection);
+  LiveJob* live = found == workers_.end()
+                      ? nullptr
+                      : FindCurrentAttemptLocked(found->second, completion.job_id(), completion.attempt());
+  if (live == nullptr && committed.ok() && AttemptOverLocked(completion.job_id(), completion.attempt())) {
+    // The attempt ended while its result was committed: unless the job succeeded (on another stream of the
+    // same attempt), the file belongs to no job.
+    absl::StatusOr<std::optional<StoredJob>> stored = store_->Get(completion.job_id());
+    const bool succeeded = stored.ok() && stored->has_value() && (**stored).job.state() == v1::JOB_STATE_SUCCEEDED;
+    if (!succeeded) (void)results_->Delete(completion.job_id());
+  }
+  if (found == workers_.end()) return;
+  HandleCompletionLocked(found->second, completion, &committed);
+}
+
+void Scheduler::HandleCompletionLocked(WorkerState& worker, const v1::JobCompletion& completion,
+                                       const absl::StatusOr<StoredResult>* committed) {
   // The worker may forget the job whatever happens below: the outcome is recorded or no longer matters.
   v1::SchedulerMessage ack;
   ack.mutable_completion_ack()->set_job_id(completion.job_id());
@@ -213,8 +296,10 @@ void Scheduler::HandleCompletionLocked(WorkerState& worker, const v1::JobComplet
   }
   const int code = completion.code();
   if (code == kCodeOk) {
-    absl::StatusOr<StoredResult> stored = results_->Commit(completion.job_id(), completion.attempt(),
-                                                           completion.result_size_bytes(), completion.result_sha256());
+    const absl::StatusOr<StoredResult> stored =
+        committed != nullptr ? *committed
+                             : results_->Commit(completion.job_id(), completion.attempt(),
+                                                completion.result_size_bytes(), completion.result_sha256());
     if (stored.ok()) {
       live->job.set_result_size_bytes(stored->size_bytes);
       live->job.set_result_sha256(stored->sha256);
@@ -254,6 +339,8 @@ void Scheduler::DetachLocked(uint64_t connection, bool stream_closed) {
   auto by_id = connection_of_worker_.find(worker.id);
   if (by_id != connection_of_worker_.end() && by_id->second == connection) connection_of_worker_.erase(by_id);
   const absl::Time now = absl::Now();
+  // Remembered for admission while it may come back (a replaced stream is re-added by AttachWorker).
+  departed_workers_[worker.id] = {worker.capabilities, now};
   std::string running;
   if (!worker.job_id.empty()) {
     auto live = live_.find(worker.job_id);

@@ -22,7 +22,7 @@ namespace {
 namespace v1 = zoetrope::v1;
 
 // Events a slow client may have pending before older step events are dropped (the newest step and every
-// other kind of event are always delivered).
+// other kind of event are always delivered); previews have one slot besides (EnqueueForWatcher).
 constexpr size_t kMaxPendingEvents = 256;
 
 grpc::Status ToGrpc(const absl::Status& status) {
@@ -153,7 +153,7 @@ class EventStreamReactor final : public grpc::ServerWriteReactor<Wire> {
   struct Pending {
     Wire message;
     bool final = false;
-    bool step = false;
+    WatchEventKind kind = WatchEventKind::kOther;
   };
 
   struct State final : public JobEventSink {
@@ -165,20 +165,12 @@ class EventStreamReactor final : public grpc::ServerWriteReactor<Wire> {
     bool open ABSL_GUARDED_BY(mutex) = true;
 
     void OnEvent(const v1::JobEvent& event, bool final) override {
-      Pending entry{ToWire<Wire>(event), final, event.has_step()};
+      Pending entry{ToWire<Wire>(event), final, KindOfEvent(event)};
       EventStreamReactor* start = nullptr;
       {
         absl::MutexLock lock(&mutex);
         if (!open || finished || reactor == nullptr) return;
-        if (pending.size() >= kMaxPendingEvents) {
-          for (auto it = pending.begin(); it != pending.end(); ++it) {
-            if (it->step) {
-              pending.erase(it);
-              break;
-            }
-          }
-        }
-        pending.push_back(std::move(entry));
+        EnqueueForWatcher(pending, std::move(entry), kMaxPendingEvents);
         if (!writing) {
           writing = true;
           start = reactor;

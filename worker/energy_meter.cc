@@ -2,6 +2,8 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <numeric>
 
@@ -26,6 +28,12 @@ using NvmlHandleByUuidFn = NvmlReturn (*)(const char*, NvmlDevice*);
 using NvmlTotalEnergyFn = NvmlReturn (*)(NvmlDevice, unsigned long long*);  // millijoules
 using NvmlPowerUsageFn = NvmlReturn (*)(NvmlDevice, unsigned int*);         // milliwatts
 using NvmlNameFn = NvmlReturn (*)(NvmlDevice, char*, unsigned int);
+struct NvmlMemory {  // nvmlMemory_t (v1): bytes
+  unsigned long long total;
+  unsigned long long free;
+  unsigned long long used;
+};
+using NvmlMemoryInfoFn = NvmlReturn (*)(NvmlDevice, NvmlMemory*);
 
 class NvmlPowerReader final : public GpuPowerReader {
  public:
@@ -48,6 +56,7 @@ class NvmlPowerReader final : public GpuPowerReader {
     reader->power_ = reinterpret_cast<NvmlPowerUsageFn>(symbol("nvmlDeviceGetPowerUsage"));
     auto shutdown = reinterpret_cast<NvmlShutdownFn>(symbol("nvmlShutdown"));
     auto name_of = reinterpret_cast<NvmlNameFn>(symbol("nvmlDeviceGetName"));
+    auto memory_of = reinterpret_cast<NvmlMemoryInfoFn>(symbol("nvmlDeviceGetMemoryInfo"));
     if (init == nullptr || shutdown == nullptr || by_index == nullptr || by_uuid == nullptr ||
         reader->power_ == nullptr) {
       return absl::UnavailableError("NVML: libnvidia-ml.so.1 lacks nvmlInit_v2 or the device functions");
@@ -89,6 +98,16 @@ class NvmlPowerReader final : public GpuPowerReader {
         name_of(reader->devices_.front(), product, sizeof(product)) == kNvmlSuccess) {
       reader->kind_ = product;
     }
+    // Memory: optional (0 = unknown); the smallest of the group bounds what one rank may use.
+    for (NvmlDevice device : reader->devices_) {
+      NvmlMemory memory{};
+      if (memory_of == nullptr || memory_of(device, &memory) != kNvmlSuccess || memory.total == 0) {
+        reader->memory_bytes_ = 0;
+        break;
+      }
+      const auto total = static_cast<int64_t>(memory.total);
+      reader->memory_bytes_ = reader->memory_bytes_ == 0 ? total : std::min(reader->memory_bytes_, total);
+    }
     // The counter exists on Volta and newer; one GPU without it sends the whole group to power sampling,
     // so that a job's phases are measured one way.
     reader->has_energy_counter_ = reader->energy_ != nullptr && !reader->devices_.empty();
@@ -105,6 +124,7 @@ class NvmlPowerReader final : public GpuPowerReader {
   bool has_energy_counter() const override { return has_energy_counter_; }
   std::string gpu_label(int gpu) const override { return labels_.at(gpu); }
   std::string gpu_kind() const override { return kind_; }
+  int64_t gpu_memory_bytes() const override { return memory_bytes_; }
 
   absl::StatusOr<double> EnergyJoules(int gpu) override {
     unsigned long long millijoules = 0;
@@ -141,6 +161,7 @@ class NvmlPowerReader final : public GpuPowerReader {
   std::vector<std::string> labels_;
   std::string kind_ = "gpu";
   bool has_energy_counter_ = false;
+  int64_t memory_bytes_ = 0;
 };
 
 EnergySource SourceOf(const GpuPowerReader* reader) {

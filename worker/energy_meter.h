@@ -42,6 +42,9 @@ class GpuPowerReader {
   virtual std::string gpu_label(int gpu) const = 0;
   // The product name of the first GPU ("NVIDIA H200").
   virtual std::string gpu_kind() const = 0;
+  // The smallest total memory of the GPUs in bytes (what one device of the group holds), 0 when unknown.
+  // The worker announces it for admission (common/generation_rules.h) when --device_memory_gib is not given.
+  virtual int64_t gpu_memory_bytes() const { return 0; }
 };
 
 // Opens NVML for the given CUDA ordinals. The NVML index of a CUDA ordinal is found through
@@ -70,6 +73,7 @@ class EnergyMeter {
   int gpu_count() const { return reader_ == nullptr ? 0 : reader_->gpu_count(); }
   std::string gpu_label(int gpu) const { return reader_ == nullptr ? "" : reader_->gpu_label(gpu); }
   std::string gpu_kind() const { return reader_ == nullptr ? "" : reader_->gpu_kind(); }
+  int64_t gpu_memory_bytes() const { return reader_ == nullptr ? 0 : reader_->gpu_memory_bytes(); }
 
   // Begins a measurement (one job): takes the first reading and, when integrating power, starts sampling.
   void Start();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/generation_rules.h"
 #include "worker/engine/sampler.h"
 
 namespace zoetrope {
@@ -42,6 +43,8 @@ struct GenerationRequest {
   // Sparsity plan: a preset name or plan YAML text; empty: the runner's default.
   std::string attention;
   ResultFormat format = ResultFormat::kNative;
+  // Live previews every this many denoising steps (0: none), the worker's cap already applied.
+  int preview_every = 0;
   // Where the result goes, without extension: the runner appends one (".mp4", ".safetensors") and
   // reports the file in JobOutput::path. The caller owns the folder and deletes the file after upload.
   std::string output_path;
@@ -53,12 +56,28 @@ struct StepProgress {
   double step_seconds = 0.0;
 };
 
+// A live preview (docs/previews.md): an encoded contact sheet of a few frames of the sampler's prediction
+// of the clean video after `step` of `steps` steps.
+struct PreviewUpdate {
+  int step = 0;
+  int steps = 0;
+  std::string media_type;  // "image/jpeg"
+  std::string data;        // at most 64 KiB
+  int width = 0;
+  int height = 0;
+  int columns = 0;
+  int rows = 0;
+  std::vector<int> frame_indices;  // the video frame of each tile
+};
+
 // Receives progress from the runner's thread. Implementations must be cheap (they run between steps).
 class ProgressSink {
  public:
   virtual ~ProgressSink() = default;
   virtual void OnPhase(JobPhase phase) = 0;
   virtual void OnStep(const StepProgress& step) = 0;
+  // Best effort: an implementation may drop previews (and must not block on delivering one).
+  virtual void OnPreview(const PreviewUpdate& preview) {}
 };
 
 struct JobOutput {
@@ -90,7 +109,10 @@ struct RunnerCapabilities {
   int gpus = 0;
   int sequence_parallel_degree = 1;
   int cfg_parallel_degree = 1;
+  // Memory of one device (the CPU: physical RAM) and the job's peak on it (common/generation_rules.h);
+  // 0 / unknown: the scheduler checks no memory for this worker.
   int64_t device_memory_bytes = 0;
+  PeakMemoryModel memory;
   int64_t max_tokens = 0;  // largest latent token count (F_latent · H/16 · W/16)
   std::vector<ResultFormat> formats;
   std::string device_name;

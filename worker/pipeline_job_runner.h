@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "worker/engine/latent_preview.h"
 #include "worker/engine/pipeline_devices.h"
 #include "worker/engine/text_to_video.h"
 #include "worker/energy_meter.h"
@@ -35,9 +36,15 @@ struct PipelineOptions {
   int64_t max_tokens = 0;
   // Latent frames per VAE decode chunk (memory bound; 0 = all at once).
   int64_t vae_chunk_frames = 1;
+  // Memory of one device, announced for admission (RunnerCapabilities::device_memory_bytes); 0: the
+  // physical RAM on the CPU, the GPU's total memory from NVML on CUDA (unknown, no memory admission, without
+  // NVML).
+  int64_t device_memory_bytes = 0;
   // The sparsity plan of requests that name none: a preset name or plan YAML text (checked against the
   // model when the runner is created).
   std::string default_attention = "dense";
+  // Live previews: a JSON file of latent → RGB factors (zoetrope-fit-preview-factors); empty: Wan2.1's.
+  std::string preview_factors;
 };
 
 class PipelineJobRunner final : public JobRunner {
@@ -60,9 +67,16 @@ class PipelineJobRunner final : public JobRunner {
   std::unique_ptr<TextToVideoPipeline> pipeline_;
   RunnerCapabilities capabilities_;
   double load_seconds_ = 0.0;
+  LatentRgbFactors preview_factors_ = Wan21LatentRgbFactors();
   // The GPUs' energy (unavailable on the CPU, or where NVML cannot be loaded).
   std::unique_ptr<EnergyMeter> energy_;
 };
+
+// The peak-memory model of a loaded pipeline (common/generation_rules.h): analytic upper bounds from the
+// model's shapes, the checkpoint sizes and the backend's element size. `vae_chunk_frames` 0 (the whole
+// video at once) is costed as the longest video the API accepts (257 frames).
+PeakMemoryModel PipelineMemoryModel(const TextToVideoPipeline& pipeline, bool cpu, int sequence_parallel,
+                                    int64_t vae_chunk_frames);
 
 // The model name a folder announces: its last path component ("models/tiny" -> "tiny").
 std::string ModelNameOfPath(const std::string& model_path);

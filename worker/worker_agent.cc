@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -142,6 +143,24 @@ class WorkerAgent::StepReporter final : public ProgressSink {
     progress->set_step_seconds(step.step_seconds);
     agent_.SendOnCurrentSession(message);
   }
+  void OnPreview(const PreviewUpdate& update) override {
+    v1::WorkerMessage message;
+    v1::JobPreview* preview = message.mutable_preview();
+    preview->set_job_id(job_.job_id);
+    preview->set_attempt(job_.attempt);
+    v1::JobEvent::Preview* image = preview->mutable_preview();
+    image->set_step(update.step);
+    image->set_total_steps(update.steps);
+    image->set_frame_count(static_cast<int>(update.frame_indices.size()));
+    image->set_media_type(update.media_type);
+    image->set_data(update.data);
+    image->set_width(update.width);
+    image->set_height(update.height);
+    image->set_columns(update.columns);
+    image->set_rows(update.rows);
+    for (int frame : update.frame_indices) image->add_frame_indices(frame);
+    agent_.OfferPreview(std::move(message));
+  }
 
  private:
   WorkerAgent& agent_;
@@ -170,12 +189,47 @@ WorkerAgent::WorkerAgent(WorkerAgentOptions options, JobRunner& runner, WorkerMe
   }
   stub_ = v1::WorkerService::NewStub(channel_);
   heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
+  preview_thread_ = std::thread([this] { PreviewLoop(); });
 }
 
 WorkerAgent::~WorkerAgent() {
   Stop();
   if (job_thread_.joinable()) job_thread_.join();
   if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+  {
+    absl::MutexLock lock(&preview_mutex_);
+    preview_stop_ = true;
+  }
+  if (preview_thread_.joinable()) preview_thread_.join();
+}
+
+void WorkerAgent::OfferPreview(v1::WorkerMessage message) {
+  absl::MutexLock lock(&preview_mutex_);
+  preview_slot_ = std::make_unique<v1::WorkerMessage>(std::move(message));
+}
+
+void WorkerAgent::PreviewLoop() {
+  while (true) {
+    std::unique_ptr<v1::WorkerMessage> message;
+    {
+      absl::MutexLock lock(&preview_mutex_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(preview_mutex_) {
+        return preview_stop_ || preview_slot_ != nullptr;
+      };
+      preview_mutex_.Await(absl::Condition(&ready));
+      if (preview_stop_) return;
+      message = std::move(preview_slot_);
+    }
+    // Only for the job held now, on a session whose scheduler knows it (else dropped, like progress).
+    {
+      absl::MutexLock lock(&mutex_);
+      if (held_ == nullptr || held_->job_id != message->preview().job_id() ||
+          held_->attempt != message->preview().attempt()) {
+        continue;
+      }
+    }
+    SendOnCurrentSession(*message);
+  }
 }
 
 void WorkerAgent::Drain() {
@@ -219,6 +273,9 @@ v1::WorkerHello WorkerAgent::HelloLocked() const {
   capabilities->set_price_per_gpu_hour(options_.price_per_gpu_hour);
   capabilities->set_gpu_kind(capabilities_.gpu_kind);
   capabilities->set_device_memory_bytes(capabilities_.device_memory_bytes);
+  capabilities->set_resident_memory_bytes(capabilities_.memory.resident_bytes);
+  capabilities->set_denoise_memory_bytes_per_token(capabilities_.memory.denoise_bytes_per_token);
+  capabilities->set_decode_memory_bytes_per_pixel(capabilities_.memory.decode_bytes_per_pixel);
   capabilities->set_max_tokens(capabilities_.max_tokens);
   for (ResultFormat format : capabilities_.formats) capabilities->add_output_formats(ToProto(format));
   capabilities->set_device_name(capabilities_.device_name);
@@ -423,6 +480,10 @@ void WorkerAgent::StartJob(const std::shared_ptr<Session>& session, const v1::Jo
   generation.seed = request.seed();
   generation.attention = request.attention();
   generation.format = FromProto(request.output_format());
+  // The worker's cap: previews no more often than every min_preview_every steps (0: none here).
+  if (request.preview_every() > 0 && options_.min_preview_every > 0) {
+    generation.preview_every = std::max(request.preview_every(), options_.min_preview_every);
+  }
   generation.output_path = (std::filesystem::path(options_.work_directory) /
                             absl::StrCat(assignment.job_id(), ".", assignment.attempt()))
                                .string();

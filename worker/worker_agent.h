@@ -42,6 +42,9 @@ struct WorkerAgentOptions {
   // The price of one GPU-hour of this worker's pool in dollars, announced to the scheduler for the cost of
   // its jobs (0: the scheduler's default price).
   double price_per_gpu_hour = 0.0;
+  // Live previews (docs/previews.md): the smallest interval in steps this worker honours. A request asking
+  // for previews more often gets one every `min_preview_every` steps; 0 turns previews off on this worker.
+  int min_preview_every = 1;
 };
 
 class WorkerAgent {
@@ -77,6 +80,10 @@ class WorkerAgent {
   bool Upload(const std::shared_ptr<Session>& session, const HeldJob& job);
   void DropHeldLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void SendOnCurrentSession(const zoetrope::v1::WorkerMessage& message);
+  // Previews go out from their own thread through a one-message slot (a newer preview replaces one not
+  // yet sent), so a slow stream to the scheduler costs previews, never time on the job thread.
+  void OfferPreview(zoetrope::v1::WorkerMessage message);
+  void PreviewLoop();
   void HeartbeatLoop();
   zoetrope::v1::WorkerHello HelloLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   bool DoneLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -98,6 +105,11 @@ class WorkerAgent {
   int sessions_ ABSL_GUARDED_BY(mutex_) = 0;
   std::thread job_thread_;
   std::thread heartbeat_thread_;
+
+  absl::Mutex preview_mutex_;
+  std::unique_ptr<zoetrope::v1::WorkerMessage> preview_slot_ ABSL_GUARDED_BY(preview_mutex_);
+  bool preview_stop_ ABSL_GUARDED_BY(preview_mutex_) = false;
+  std::thread preview_thread_;
 };
 
 }  // namespace zoetrope

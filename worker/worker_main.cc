@@ -3,6 +3,7 @@
 //   zoetrope-worker --scheduler scheduler:50051 --model /models/wan2.1-t2v-1.3b --metrics_port 9465
 //
 // SIGTERM drains: no new jobs, the running job finishes (or is handed back after --drain_timeout), exit 0.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -50,12 +51,20 @@ ABSL_FLAG(std::string, attention, "dense",
           "sparsity plan of requests that name none: a preset (dense, radial, attention-tile, sliding-tile) or a "
           "plan YAML file");
 ABSL_FLAG(int64_t, max_tokens, 0, "largest latent token count accepted (0: the backend's default)");
+ABSL_FLAG(double, device_memory_gib, 0,
+          "memory of one device in GiB, announced so that the scheduler admits only jobs whose estimated peak "
+          "fits (0: the physical RAM on the CPU; on CUDA the GPU's memory from NVML, unknown without it)");
 ABSL_FLAG(std::string, work_dir, "", "folder for results before upload (default: the system temp folder)");
 ABSL_FLAG(int32_t, metrics_port, 9465, "port of /metrics (0 picks a free one, -1 disables it)");
 ABSL_FLAG(std::string, metrics_host, "0.0.0.0", "address /metrics listens on");
 ABSL_FLAG(absl::Duration, reconnect_max_backoff, absl::Seconds(5), "longest wait between reconnect attempts");
 ABSL_FLAG(double, price_per_gpu_hour, 0.0,
           "price of one GPU-hour of this worker's pool in dollars, for the cost of its jobs (0: the scheduler's)");
+ABSL_FLAG(std::string, preview_factors, "",
+          "live previews: latent-to-RGB factors JSON (zoetrope-fit-preview-factors; default: the Wan2.1 factors)");
+ABSL_FLAG(int32_t, min_preview_every, 1,
+          "live previews: the fewest denoising steps between two previews of a job (a request asking for more gets "
+          "this many; 0 turns previews off on this worker)");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Minutes(10),
           "on SIGTERM, a job still running after this long is handed back to the scheduler");
 
@@ -124,12 +133,14 @@ int WorkerMain() {
   pipeline.gpus = *gpus;
   pipeline.vae_chunk_frames = absl::GetFlag(FLAGS_vae_chunk_frames);
   pipeline.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  pipeline.device_memory_bytes = static_cast<int64_t>(absl::GetFlag(FLAGS_device_memory_gib) * double{1 << 30});
   absl::StatusOr<SparsityPlanText> attention = ReadSparsityPlanText(absl::GetFlag(FLAGS_attention));
   if (!attention.ok()) {
     std::fprintf(stderr, "zoetrope-worker: --attention: %s\n", std::string(attention.status().message()).c_str());
     return 2;
   }
   pipeline.default_attention = attention->text;
+  pipeline.preview_factors = absl::GetFlag(FLAGS_preview_factors);
   absl::StatusOr<std::unique_ptr<PipelineJobRunner>> runner = PipelineJobRunner::Create(pipeline);
   if (!runner.ok()) {
     std::fprintf(stderr, "zoetrope-worker: %s\n", std::string(runner.status().message()).c_str());
@@ -163,6 +174,7 @@ int WorkerMain() {
   options.reconnect_max_backoff = absl::GetFlag(FLAGS_reconnect_max_backoff);
   options.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   options.price_per_gpu_hour = absl::GetFlag(FLAGS_price_per_gpu_hour);
+  options.min_preview_every = std::max(0, absl::GetFlag(FLAGS_min_preview_every));
   std::error_code error;
   std::filesystem::create_directories(options.work_directory, error);
   if (error) {

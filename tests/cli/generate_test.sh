@@ -56,9 +56,9 @@ expect_error() {  # expect_error NAME TEXT FLAGS...
     check "$name names '$text'" grep -q -- "$text" "$work/err"
   fi
 }
-expect_error "width" "width must be a multiple of 16" --width 100
-expect_error "frames" "frames must be 4n+1" --frames 8
-expect_error "steps" "steps must be between" --steps 0
+expect_error "width" "width: must be a multiple of 16" --width 100
+expect_error "frames" "frames: must be 4n+1" --frames 8
+expect_error "steps" "steps: must be in" --steps 0
 expect_error "sampler" "sampler" --sampler heun
 expect_error "device" "device" --device tpu
 expect_error "model folder" "missing" --model "$work"

@@ -86,7 +86,19 @@ def main():
             assert [j.id for j in client.list(states=["succeeded"])] == [job_id]
             events = list(client.watch(job_id))
             assert events and events[-1].job.state == job.state
-        print("python package: build with stubs, submit --watch --output, resumed fetch, checksum, list, watch: ok")
+        # Live previews: 4 steps, one every step but the last, saved as JPEG files named by step.
+        previews = os.path.join(work, "previews")
+        run = subprocess.run([*cli, "submit", "--prompt", "a paper boat", "--model", "tiny", "--width", "128",
+                              "--height", "128", "--frames", "5", "--steps", "4", "--preview-every", "1", "--watch",
+                              "--preview", previews], env=environment, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        names = sorted(os.listdir(previews))
+        assert names == ["step-001.jpg", "step-002.jpg", "step-003.jpg"], names
+        for name in names:
+            image = open(os.path.join(previews, name), "rb").read()
+            assert image[:2] == b"\xff\xd8" and image[-2:] == b"\xff\xd9" and len(image) <= 65536, name
+        print("python package: build with stubs, submit --watch --output, resumed fetch, checksum, list, watch, "
+              "previews: ok")
     finally:
         for process in reversed(processes):
             if process.poll() is None:

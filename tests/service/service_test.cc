@@ -337,7 +337,8 @@ TEST(ServiceTest, EveryBadInputIsInvalidArgumentNamingTheFieldAndChangesNothing)
   // Nothing was stored, nothing counted as submitted; a good request still works.
   EXPECT_TRUE(ListAll(stub).empty());
   const std::string scrape = ScrapeMetrics(cluster.metrics_port());
-  EXPECT_TRUE(std::isnan(MetricValue(scrape, "zoetrope_jobs_submitted_total{model=\"tiny\",priority=\"normal\"}")));
+  // The configured model's series exist from the start (at 0), and nothing was counted in them.
+  EXPECT_EQ(MetricValue(scrape, "zoetrope_jobs_submitted_total{model=\"tiny\",priority=\"normal\"}"), 0.0);
   EXPECT_GE(MetricValue(scrape, "zoetrope_api_requests_total{code=\"INVALID_ARGUMENT\",method=\"SubmitJob\"}"),
             static_cast<double>(cases.size()));
   v1::Job job;
@@ -955,6 +956,29 @@ TEST(ServiceTest, ImpossibleParallelWorkerConfigurationsFailAtStart) {
   EXPECT_NE(cluster.worker("gpus-on-cpu").Log().find("--gpus"), std::string::npos) << cluster.worker("gpus-on-cpu").Log();
   EXPECT_FALSE(cluster.StartWorker("bad-list", {"--gpus=0,0"}));
   EXPECT_NE(cluster.worker("bad-list").Log().find("listed twice"), std::string::npos) << cluster.worker("bad-list").Log();
+}
+
+// Admission by memory (issue 12, item 2) with a real worker: it announces its device memory and peak-memory
+// model; a request whose estimate exceeds it (2048 × 2048, one frame: the VAE's full-resolution stage) is
+// FAILED_PRECONDITION at submit naming the worker and the memory, and is never queued; a small one runs.
+TEST(ServiceTest, AdmissionRefusesARequestOverEveryWorkersMemory) {
+  ServiceCluster cluster("admission");
+  ASSERT_TRUE(cluster.StartScheduler());
+  ASSERT_TRUE(cluster.StartWorker("one-gib", {"--device_memory_gib=1"}));
+  v1::SubmitJobRequest huge = SmallRequest(2);
+  huge.set_width(2048);
+  huge.set_height(2048);
+  huge.set_frames(1);
+  v1::Job job;
+  const grpc::Status refused = Submit(cluster.stub(), huge, &job);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("worker one-gib: the estimated peak memory"), std::string::npos)
+      << refused.error_message();
+  EXPECT_NE(refused.error_message().find("exceeds its device memory 1.00 GiB"), std::string::npos)
+      << refused.error_message();
+  EXPECT_TRUE(ListAll(cluster.stub()).empty());
+  ASSERT_TRUE(Submit(cluster.stub(), SmallRequest(2), &job).ok());
+  EXPECT_EQ(WaitForTerminal(cluster.stub(), job.id(), kJobTimeout).state(), v1::JOB_STATE_SUCCEEDED);
 }
 
 }  // namespace

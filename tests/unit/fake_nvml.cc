@@ -1,7 +1,7 @@
 // A stand-in libnvidia-ml.so.1 for nvml_loader_test: the few NVML entry points worker/energy_meter.cc
 // resolves with dlsym, over four scripted GPUs. GPU i's energy counter advances by (i + 1) J per read and its
 // power is 100·(i + 1) W; GPU 3 has no energy counter (NOT_SUPPORTED), like a pre-Volta board. UUIDs are
-// "GPU-fake-<i>". It lets the CPU CI exercise the dlopen path, the symbol lookup, the unit conversions and
+// "GPU-fake-<i>"; GPU i has (i + 1) · 80 GiB of memory. It lets the CPU CI exercise the dlopen path, the symbol lookup, the unit conversions and
 // the CUDA_VISIBLE_DEVICES mapping that the GPU machine's driver otherwise answers.
 #include <cstdio>
 #include <cstring>
@@ -52,6 +52,15 @@ int nvmlDeviceGetTotalEnergyConsumption(FakeDevice* device, unsigned long long* 
 }
 int nvmlDeviceGetPowerUsage(FakeDevice* device, unsigned int* milliwatts) {
   *milliwatts = 100000u * (device->index + 1);
+  return kSuccess;
+}
+struct FakeMemory {  // nvmlMemory_t
+  unsigned long long total, free, used;
+};
+int nvmlDeviceGetMemoryInfo(FakeDevice* device, FakeMemory* memory) {
+  memory->total = (device->index + 1ull) * (80ull << 30);
+  memory->free = memory->total;
+  memory->used = 0;
   return kSuccess;
 }
 int nvmlDeviceGetName(FakeDevice* device, char* name, unsigned int length) {

@@ -1,7 +1,7 @@
 // worker/energy_meter.cc's NVML loader against the stand-in libnvidia-ml.so.1 of tests/unit/fake_nvml.cc
 // (found through LD_LIBRARY_PATH, which ctest sets): symbols resolve, millijoules become joules, milliwatts
 // watts, CUDA_VISIBLE_DEVICES renumbers GPUs (by index and by UUID), and a GPU without the energy counter
-// sends the meter to power sampling.
+// sends the meter to power sampling; the group's memory is its smallest GPU's.
 #include <cstdlib>
 
 #include "absl/time/clock.h"
@@ -18,6 +18,8 @@ TEST(NvmlLoader, ReadsCountersAndPowerInSiUnits) {
   EXPECT_EQ((*reader)->gpu_count(), 2);
   EXPECT_TRUE((*reader)->has_energy_counter());
   EXPECT_EQ((*reader)->gpu_kind(), "Fake GPU 0");
+  // The group's device memory is its smallest GPU's (80 and 160 GiB): what one rank may use (admission).
+  EXPECT_EQ((*reader)->gpu_memory_bytes(), int64_t{80} << 30);
   // The fake advances GPU 1's counter by 2 J per read.
   absl::StatusOr<double> first = (*reader)->EnergyJoules(1);
   absl::StatusOr<double> second = (*reader)->EnergyJoules(1);

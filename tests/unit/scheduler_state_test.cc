@@ -1,4 +1,6 @@
 // The scheduler's state rules (issue 12, items 2, 4 and 5), in process with fake worker streams:
+//   - admission: a job no worker serving its model can run (memory, tokens) is refused at submit, and a
+//     queued one that no connected worker can run fails after --unrunnable_grace;
 //   - a failed store write fails closed: memory keeps the new state, the write is retried each tick, and
 //     SubmitJob answers UNAVAILABLE until the store has it (fault injected by a second SQLite connection
 //     holding the write lock: a busy database);
@@ -6,16 +8,20 @@
 //     client_request_id) finds it by key, and a new job for a not-yet-announced model is UNAVAILABLE;
 //   - a worker whose stream closed loses its job at once (no grace), counting one worker loss;
 //   - a job that lost max_worker_losses workers fails with a clear error;
-//   - a scheduler restart under a running job costs it no worker loss.
+//   - a scheduler restart under a running job costs it no worker loss;
+//   - result chunks of the current attempt are committed (written outside the lock), a stale attempt's dropped.
 #include <sqlite3.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/sha256.h"
 #include "gtest/gtest.h"
 #include "server/job_store.h"
 #include "server/request_validation.h"
@@ -229,6 +235,174 @@ TEST_F(SchedulerStateTest, RestartIsNotAWorkerLoss) {
   auto channel = std::make_shared<FakeChannel>();
   Attach(*scheduler, "b", channel);
   EXPECT_TRUE(WaitFor([&] { return channel->LastAssignment().job_id() == id; }));
+}
+
+// Admission (items 2 and 4): a job that no worker serving its model can run is refused at submit, naming
+// each worker's reason (estimated peak memory over its device memory, its token limit); with no worker
+// for the model it waits; a worker that just went away still counts (it may be restarting).
+TEST_F(SchedulerStateTest, AdmissionRefusesWhatNoWorkerCanRun) {
+  std::unique_ptr<Scheduler> scheduler = Start();
+  ASSERT_NE(scheduler, nullptr);
+  v1::SubmitJobRequest huge = Request();
+  huge.set_width(2048);
+  huge.set_height(2048);  // one frame, 16,384 tokens: the issue's request
+  // No worker yet: queued (workers may still be starting).
+  absl::StatusOr<v1::Job> waiting = scheduler->Submit(huge);
+  ASSERT_TRUE(waiting.ok()) << waiting.status();
+  ASSERT_TRUE(scheduler->CancelJob(waiting->id()).ok());
+
+  // A worker with 256 MiB whose VAE needs 100 bytes per pixel: 2048² needs 400 MiB, 128² about 1.6 MiB.
+  auto channel = std::make_shared<FakeChannel>();
+  v1::WorkerHello hello;
+  hello.set_worker_id("small-memory");
+  hello.mutable_capabilities()->add_models("tiny");
+  hello.mutable_capabilities()->set_max_tokens(1 << 20);
+  hello.mutable_capabilities()->add_output_formats(v1::OUTPUT_FORMAT_MP4);
+  hello.mutable_capabilities()->set_device_memory_bytes(int64_t{256} << 20);
+  hello.mutable_capabilities()->set_resident_memory_bytes(int64_t{1} << 20);
+  hello.mutable_capabilities()->set_denoise_memory_bytes_per_token(1000);
+  hello.mutable_capabilities()->set_decode_memory_bytes_per_pixel(100);
+  ASSERT_TRUE(scheduler->AttachWorker(hello, channel).ok());
+  absl::StatusOr<v1::Job> refused = scheduler->Submit(huge);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_NE(refused.status().message().find("worker small-memory: the estimated peak memory 0.39 GiB exceeds its "
+                                            "device memory 0.25 GiB"),
+            std::string::npos)
+      << refused.status();
+  absl::StatusOr<v1::Job> fits = scheduler->Submit(Request());
+  EXPECT_TRUE(fits.ok()) << fits.status();
+
+  // A token limit refuses likewise, naming it.
+  v1::SubmitJobRequest long_video = Request();
+  long_video.set_frames(257);  // 65 · 8 · 8 = 4,160 tokens
+  hello.set_worker_id("few-tokens");
+  hello.mutable_capabilities()->set_max_tokens(1000);
+  hello.mutable_capabilities()->set_device_memory_bytes(0);
+  auto second = std::make_shared<FakeChannel>();
+  ASSERT_TRUE(scheduler->AttachWorker(hello, second).ok());
+  // small-memory can run it (4,160 tokens · 1000 bytes + 1 MiB < 256 MiB): accepted.
+  EXPECT_TRUE(scheduler->Submit(long_video).ok());
+  long_video.set_width(2048);
+  long_video.set_frames(1);
+  long_video.set_height(1024);  // 8,192 tokens; 200 MiB of decode + 1 MiB on small-memory: fits there
+  EXPECT_TRUE(scheduler->Submit(long_video).ok());
+  refused = scheduler->Submit(huge);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find("worker few-tokens: the request's 16384 latent tokens exceed its limit "
+                                            "of 1000"),
+            std::string::npos)
+      << refused.status();
+}
+
+// A queued job that only a departed worker could run waits --unrunnable_grace for it, then fails with
+// FAILED_PRECONDITION; afterwards the same request is refused at submit.
+TEST_F(SchedulerStateTest, QueuedJobNoConnectedWorkerCanRunFailsAfterTheGrace) {
+  options_.unrunnable_grace = absl::Milliseconds(400);
+  std::unique_ptr<Scheduler> scheduler = Start();
+  ASSERT_NE(scheduler, nullptr);
+  v1::WorkerHello hello;
+  hello.mutable_capabilities()->add_models("tiny");
+  hello.mutable_capabilities()->add_output_formats(v1::OUTPUT_FORMAT_MP4);
+  hello.set_worker_id("big");
+  hello.mutable_capabilities()->set_max_tokens(1 << 20);
+  absl::StatusOr<uint64_t> big = scheduler->AttachWorker(hello, std::make_shared<FakeChannel>());
+  ASSERT_TRUE(big.ok());
+  scheduler->DetachWorker(*big);  // restarting, say
+  hello.set_worker_id("small");
+  hello.mutable_capabilities()->set_max_tokens(16);
+  ASSERT_TRUE(scheduler->AttachWorker(hello, std::make_shared<FakeChannel>()).ok());
+
+  absl::StatusOr<v1::Job> job = scheduler->Submit(Request());  // 64 tokens: only "big" can run it
+  ASSERT_TRUE(job.ok()) << job.status();
+  const absl::Time submitted = absl::Now();
+  ASSERT_TRUE(WaitFor([&] { return scheduler->GetJob(job->id())->state() != v1::JOB_STATE_QUEUED; }));
+  // "big" is remembered for the grace, then the job waits the grace again before failing.
+  EXPECT_GE(absl::Now() - submitted, absl::Milliseconds(400));
+  const v1::Job failed = *scheduler->GetJob(job->id());
+  EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.error().code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_NE(failed.error().message().find("worker small: the request's 64 latent tokens exceed its limit of 16"),
+            std::string::npos)
+      << failed.error().message();
+  EXPECT_EQ(StoredState(job->id()), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(scheduler->Submit(Request()).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// Result uploads and their commit run outside the scheduler's lock (item 4): the chunks of the current
+// attempt become the published result, acknowledged; chunks of an attempt that ended are dropped, leaving
+// no partial file behind.
+TEST_F(SchedulerStateTest, UploadedResultIsCommittedAndAStaleAttemptLeavesNothing) {
+  options_.worker_grace = absl::Hours(1);
+  std::unique_ptr<Scheduler> scheduler = Start();
+  ASSERT_NE(scheduler, nullptr);
+  absl::StatusOr<v1::Job> job = scheduler->Submit(Request());
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto first = std::make_shared<FakeChannel>();
+  const uint64_t a = Attach(*scheduler, "a", first);
+  ASSERT_TRUE(WaitFor([&] { return first->LastAssignment().job_id() == job->id(); }));
+  const int attempt = first->LastAssignment().attempt();
+
+  // Attempt 1 uploads half its result, then its stream closes: the job is queued again at once.
+  const std::string result = "not really an mp4, but bytes all the same";
+  v1::WorkerMessage chunk;
+  chunk.mutable_upload()->set_job_id(job->id());
+  chunk.mutable_upload()->set_attempt(attempt);
+  chunk.mutable_upload()->set_offset(0);
+  chunk.mutable_upload()->set_data(result.substr(0, 10));
+  scheduler->OnWorkerMessage(a, chunk);
+  scheduler->DetachWorker(a);
+  auto files = [&] {
+    std::vector<std::string> names;
+    for (const auto& entry : std::filesystem::directory_iterator(options_.results_directory)) {
+      names.push_back(entry.path().filename().string());
+    }
+    return names;
+  };
+  EXPECT_TRUE(files().empty()) << "the lost attempt's partial upload must be gone";
+
+  // Attempt 2 on another worker uploads everything and completes.
+  auto second = std::make_shared<FakeChannel>();
+  const uint64_t b = Attach(*scheduler, "b", second);
+  ASSERT_TRUE(WaitFor([&] { return second->LastAssignment().job_id() == job->id(); }));
+  const int second_attempt = second->LastAssignment().attempt();
+  EXPECT_EQ(second_attempt, attempt + 1);
+  for (size_t offset = 0; offset < result.size(); offset += 16) {
+    chunk.mutable_upload()->set_attempt(second_attempt);
+    chunk.mutable_upload()->set_offset(static_cast<int64_t>(offset));
+    chunk.mutable_upload()->set_data(result.substr(offset, 16));
+    scheduler->OnWorkerMessage(b, chunk);
+  }
+  // A late chunk of attempt 1 (say from a worker that came back) changes nothing.
+  chunk.mutable_upload()->set_attempt(attempt);
+  chunk.mutable_upload()->set_offset(0);
+  chunk.mutable_upload()->set_data("stale");
+  scheduler->OnWorkerMessage(b, chunk);
+  Sha256 hash;
+  hash.Update(result);
+  v1::WorkerMessage completion;
+  completion.mutable_completion()->set_job_id(job->id());
+  completion.mutable_completion()->set_attempt(second_attempt);
+  completion.mutable_completion()->set_code(0);
+  completion.mutable_completion()->set_result_size_bytes(static_cast<int64_t>(result.size()));
+  completion.mutable_completion()->set_result_sha256(hash.FinishHex());
+  completion.mutable_completion()->set_media_type("video/mp4");
+  scheduler->OnWorkerMessage(b, completion);
+
+  const v1::Job done = *scheduler->GetJob(job->id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error().message();
+  EXPECT_EQ(done.result_size_bytes(), static_cast<int64_t>(result.size()));
+  bool acknowledged = false;
+  for (const v1::SchedulerMessage& message : second->messages()) {
+    acknowledged |= message.has_completion_ack() && message.completion_ack().attempt() == second_attempt;
+  }
+  EXPECT_TRUE(acknowledged);
+  absl::StatusOr<ResultLocation> location = scheduler->GetResult(job->id());
+  ASSERT_TRUE(location.ok()) << location.status();
+  std::ifstream file(location->path, std::ios::binary);
+  const std::string stored((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(stored, result);
+  EXPECT_EQ(files(), std::vector<std::string>{std::filesystem::path(location->path).filename().string()});
+  EXPECT_EQ(StoredState(job->id()), v1::JOB_STATE_SUCCEEDED);
 }
 
 }  // namespace

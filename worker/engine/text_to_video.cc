@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "common/generation_rules.h"
 #include "parallel/planned_attention.h"
 #include "parallel/ulysses_attention.h"
 
@@ -16,7 +17,7 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }
 
 absl::Status FieldError(absl::string_view field, absl::string_view rule, absl::string_view value) {
-  return absl::InvalidArgumentError(absl::StrCat(field, " must ", rule, " (got ", value, ")"));
+  return absl::InvalidArgumentError(absl::StrCat(field, ": must ", rule, " (got ", value, ")"));
 }
 
 }  // namespace
@@ -31,26 +32,17 @@ const char* GenerationPhaseName(GenerationPhase phase) {
 }
 
 absl::Status ValidateGenerationParameters(const GenerationParameters& parameters) {
-  // The RoPE table holds 1024 positions per axis: 1024 patches of 16 pixels.
-  constexpr int64_t kMaxPixels = 1024 * 16;
-  if (parameters.width < 16 || parameters.width % 16 != 0 || parameters.width > kMaxPixels) {
-    return FieldError("width", "be a multiple of 16 between 16 and 16384", absl::StrCat(parameters.width));
-  }
-  if (parameters.height < 16 || parameters.height % 16 != 0 || parameters.height > kMaxPixels) {
-    return FieldError("height", "be a multiple of 16 between 16 and 16384", absl::StrCat(parameters.height));
-  }
-  if (parameters.frames < 1 || (parameters.frames - 1) % 4 != 0 || parameters.frames > 4093) {
-    return FieldError("frames", "be 4n+1 (1, 5, ..., 81, ...) and at most 4093", absl::StrCat(parameters.frames));
-  }
-  if (parameters.steps < 1 || parameters.steps > 1000) {
-    return FieldError("steps", "be between 1 and 1000", absl::StrCat(parameters.steps));
-  }
-  if (!(parameters.guidance >= 0.0 && parameters.guidance <= 100.0)) {
-    return FieldError("guidance", "be between 0 and 100", absl::StrCat(parameters.guidance));
-  }
-  if (!(parameters.shift > 0.0 && parameters.shift <= 100.0)) {
-    return FieldError("shift", "be greater than 0 and at most 100", absl::StrCat(parameters.shift));
-  }
+  // The shape, steps, guidance and shift rules are shared with the scheduler (common/generation_rules.h),
+  // which applies them with its narrower service limits: one set of rules, so nothing the API accepts is
+  // rejected here.
+  GenerationShape shape;
+  shape.width = parameters.width;
+  shape.height = parameters.height;
+  shape.frames = parameters.frames;
+  shape.steps = parameters.steps;
+  shape.guidance = parameters.guidance;
+  shape.shift = parameters.shift;
+  if (absl::Status valid = CheckGenerationRules(shape, kEngineLimits); !valid.ok()) return valid;
   if (parameters.vae_chunk_frames < 0) {
     return FieldError("vae_chunk_frames", "be ≥ 0", absl::StrCat(parameters.vae_chunk_frames));
   }
@@ -185,7 +177,8 @@ absl::StatusOr<Tensor> TextToVideoPipeline::DenoiseOnGroup(
 absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
     const GenerationParameters& parameters, const std::function<void(const GenerationProgress&)>& progress,
     const std::atomic<bool>* cancelled, SequenceAttention* attention_override,
-    const std::function<void(int step, const Tensor& predicted_latent)>& preview) {
+    const std::function<void(int step, const Tensor& predicted_latent)>& preview,
+    const std::function<absl::Status(const Tensor& frames)>& frames_sink) {
   if (absl::Status valid = ValidateGenerationParameters(parameters); !valid.ok()) return valid;
   const WanDitConfig& dit = transformer_->config();
   absl::StatusOr<SparsityPlan> plan =
@@ -271,9 +264,16 @@ absl::StatusOr<GenerationResult> TextToVideoPipeline::Generate(
   if (cancelled != nullptr && cancelled->load()) return absl::CancelledError("cancelled before decoding");
   report(GenerationPhase::kDecoding);
   start = std::chrono::steady_clock::now();
-  absl::StatusOr<Tensor> frames = vae_->Decode(*latent, parameters.vae_chunk_frames);
-  if (!frames.ok()) return frames.status();
-  result.frames = backend_.ToHost(*frames);
+  if (frames_sink) {
+    absl::Status decoded = vae_->DecodeStreaming(
+        *latent, parameters.vae_chunk_frames,
+        [&](const Tensor& frames, int64_t) { return frames_sink(backend_.ToHost(frames)); });
+    if (!decoded.ok()) return decoded;
+  } else {
+    absl::StatusOr<Tensor> frames = vae_->Decode(*latent, parameters.vae_chunk_frames);
+    if (!frames.ok()) return frames.status();
+    result.frames = backend_.ToHost(*frames);
+  }
   result.decode_seconds = SecondsSince(start);
   return result;
 }

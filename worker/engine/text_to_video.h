@@ -58,7 +58,7 @@ struct GenerationProgress {
 
 struct GenerationResult {
   Tensor latent;  // host F32 [16, F, H/8, W/8]: the denoised latent
-  Tensor frames;  // host F32 [T, 3, H, W], RGB in [−1, 1] (undefined when decode is false)
+  Tensor frames;  // host F32 [T, 3, H, W], RGB in [−1, 1] (undefined when decode is false or a frames sink took them)
   double text_seconds = 0.0;
   double denoise_seconds = 0.0;
   double decode_seconds = 0.0;
@@ -76,9 +76,10 @@ struct PipelineGroup {
   int ulysses_chunks = 1;             // head chunks overlapping the all-to-alls (parallel/ulysses_attention.h)
 };
 
-// Every rule a request must satisfy, with the field named (width and height multiples of 16 within
-// the model's limits, frames 4n+1, steps ≥ 1, guidance ≥ 0, shift > 0, an attention plan that parses and
-// fits the step count; the plan's block and head ranges are checked against the model by Generate).
+// Every rule a request must satisfy, with the field named ("width: must ..."): the shape, steps, guidance
+// and shift rules of common/generation_rules.h under kEngineLimits (the scheduler applies the same rules
+// with narrower limits), vae_chunk_frames and preview_every ≥ 0, and an attention plan that parses and fits
+// the step count (the plan's block and head ranges are checked against the model by Generate).
 absl::Status ValidateGenerationParameters(const GenerationParameters& parameters);
 
 class TextToVideoPipeline {
@@ -94,6 +95,7 @@ class TextToVideoPipeline {
 
   const ModelFiles& files() const { return files_; }
   const WanDit& transformer() const { return *transformer_; }
+  const WanVae& vae() const { return *vae_; }
   Backend& backend() const { return backend_; }
   PromptEncoder& prompt_encoder() { return *prompt_encoder_; }
 
@@ -103,10 +105,15 @@ class TextToVideoPipeline {
   // attention pass their own; the plan in `parameters` is still validated; one device only).
   // `preview` (may be null) receives the predicted clean latent every parameters.preview_every steps
   // (F32 [16, F, H/8, W/8] on rank 0's device, valid during the call).
+  // `frames_sink` (may be null) receives the decoded video as it is decoded, a chunk at a time (host F32
+  // [n, 3, H, W], frames in order), instead of in GenerationResult::frames (then left undefined): a video
+  // writer encodes chunk k while the VAE decodes chunk k + 1, and the whole video is never held. A sink
+  // error stops the decode and is returned.
   absl::StatusOr<GenerationResult> Generate(
       const GenerationParameters& parameters, const std::function<void(const GenerationProgress&)>& progress = nullptr,
       const std::atomic<bool>* cancelled = nullptr, SequenceAttention* attention = nullptr,
-      const std::function<void(int step, const Tensor& predicted_latent)>& preview = nullptr);
+      const std::function<void(int step, const Tensor& predicted_latent)>& preview = nullptr,
+      const std::function<absl::Status(const Tensor& frames)>& frames_sink = nullptr);
 
  private:
   TextToVideoPipeline(Backend& backend) : backend_(backend) {}

@@ -1,7 +1,7 @@
 """zoetrope-py: submit, watch (progress bar), get, list, cancel, fetch from the command line.
 
-    zoetrope-py --server HOST:PORT submit --prompt "..." [--watch] [--output out.mp4]
-    zoetrope-py watch JOB_ID | get JOB_ID | cancel JOB_ID | fetch JOB_ID --output FILE | list [--state queued]
+    zoetrope-py --server HOST:PORT submit --prompt "..." [--watch [--preview DIR]] [--output out.mp4]
+    zoetrope-py watch JOB_ID [--preview DIR] | get JOB_ID | cancel JOB_ID | fetch JOB_ID --output FILE | list
 Token: --token or $ZOETROPE_TOKEN (prefer the variable: a flag shows in `ps`). TLS: --tls-ca or $ZOETROPE_TLS_CA.
 """
 
@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import json_format
 
 from zoetrope.v1 import video_service_pb2 as api
-from zoetrope_client.client import TERMINAL_STATES, ChecksumError, Client
+from zoetrope_client.client import TERMINAL_STATES, ChecksumError, Client, save_preview
 
 
 def _state(job):
@@ -45,10 +45,12 @@ class Progress:
             self.stream.write("\n")
 
 
-def _watch(client, job_id, err):
+def _watch(client, job_id, err, preview_dir=None, events=None):
+    """Follows a job (`events`: a stream already open, e.g. Generate's; else WatchJob) until it finishes."""
     progress = Progress(err)
     job = None
-    for event in client.watch(job_id):
+    previews = 0
+    for event in events if events is not None else client.watch(job_id, previews=bool(preview_dir)):
         job = event.job
         kind = event.WhichOneof("kind")
         if kind == "queued":
@@ -61,9 +63,14 @@ def _watch(client, job_id, err):
             step = event.step
             progress.show(f"{job.id}: {_bar(step.step, step.total_steps)} step {step.step}/{step.total_steps}"
                           f"  {step.step_seconds:.2f} s/step  eta {step.eta_seconds:.0f} s")
+        elif kind == "preview" and preview_dir:
+            save_preview(event, preview_dir)
+            previews += 1
         if job.state in TERMINAL_STATES:
             break
     progress.end()
+    if preview_dir:
+        err.write(f"{job_id}: {previews} preview(s) saved in {preview_dir}\n")
     if job is None:
         job = client.get(job_id)
     err.write(f"{job.id}: {_state(job)}" + (f" ({job.error.code_name}: {job.error.message})"
@@ -109,7 +116,10 @@ def build_parser():
     submit.add_argument("--attention", help="sparsity plan preset or YAML text")
     submit.add_argument("--deadline", type=float, help="seconds from submission")
     submit.add_argument("--client-request-id", help="idempotency key")
+    submit.add_argument("--preview-every", type=int,
+                        help="live previews every this many steps (default 5 with --preview, else none)")
     submit.add_argument("--watch", action="store_true", help="then follow the job with a progress bar")
+    submit.add_argument("--preview", metavar="DIR", help="with --watch: save live previews as DIR/step-NNN.jpg")
     submit.add_argument("--output", help="with --watch: then fetch the result to this file")
     submit.add_argument("--json", action="store_true")
 
@@ -119,6 +129,8 @@ def build_parser():
         command.add_argument("job_id")
         if name == "get":
             command.add_argument("--json", action="store_true")
+        if name == "watch":
+            command.add_argument("--preview", metavar="DIR", help="save live previews as DIR/step-NNN.jpg")
     fetch = commands.add_parser("fetch", help="download a result (resumes FILE.part; checks SHA-256)")
     fetch.add_argument("job_id")
     fetch.add_argument("--output", required=True)
@@ -136,17 +148,33 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
             if arguments.command == "submit":
                 fields = {name: getattr(arguments, name) for name in (
                     "negative_prompt", "model", "width", "height", "frames", "fps", "steps", "seed", "guidance",
-                    "shift", "sampler", "priority", "output_format", "attention", "client_request_id")}
-                job = client.submit(arguments.prompt, deadline_seconds=arguments.deadline, **fields)
-                _print_job(job, arguments.json, out)
+                    "shift", "sampler", "priority", "output_format", "attention", "client_request_id",
+                    "preview_every")}
+                if arguments.preview and not fields["preview_every"]:
+                    # As the C++ CLI: every 5 steps, never more than the job's steps (the API's rule).
+                    fields["preview_every"] = max(1, min(5, arguments.steps or 50))
                 if arguments.watch:
-                    job = _watch(client, job.id, err)
+                    # Submission and events in one call (Generate): no early step or preview is missed.
+                    events = client.generate(arguments.prompt, deadline_seconds=arguments.deadline, **fields)
+                    first = next(events)
+                    _print_job(first.job, arguments.json, out)
+                    out.flush()
+
+                    def replay():
+                        yield first
+                        yield from events
+
+                    job = _watch(client, first.job.id, err, arguments.preview, events=replay())
                     if job.state != api.JOB_STATE_SUCCEEDED:
                         return 1
                     if arguments.output:
                         _fetch(client, job.id, arguments.output, err)
+                else:
+                    job = client.submit(arguments.prompt, deadline_seconds=arguments.deadline, **fields)
+                    _print_job(job, arguments.json, out)
             elif arguments.command == "watch":
-                return 0 if _watch(client, arguments.job_id, err).state == api.JOB_STATE_SUCCEEDED else 1
+                job = _watch(client, arguments.job_id, err, arguments.preview)
+                return 0 if job.state == api.JOB_STATE_SUCCEEDED else 1
             elif arguments.command == "get":
                 _print_job(client.get(arguments.job_id), arguments.json, out)
             elif arguments.command == "cancel":

@@ -1,4 +1,5 @@
-"""The API: submit, watch (an iterator of JobEvent), get, fetch (resumable, SHA-256 checked), cancel, list."""
+"""The API: submit, watch (an iterator of JobEvent), get, fetch (resumable, SHA-256 checked), cancel, list;
+save_preview writes a live preview event's image to a folder."""
 
 import hashlib
 import os
@@ -17,6 +18,24 @@ _ENUM_FIELDS = {
     "priority": ("PRIORITY_", api.Priority),
     "output_format": ("OUTPUT_FORMAT_", api.OutputFormat),
 }
+
+
+_PREVIEW_EXTENSIONS = {"image/jpeg": "jpg"}
+
+
+def save_preview(event, directory):
+    """Writes the image of a `preview` JobEvent to DIRECTORY/step-NNN.jpg (created as needed); returns the path.
+
+    The file appears whole (written beside, then renamed), so a viewer polling the folder never sees half.
+    """
+    preview = event.preview
+    os.makedirs(directory, exist_ok=True)
+    extension = _PREVIEW_EXTENSIONS.get(preview.media_type, "bin")
+    path = os.path.join(directory, f"step-{preview.step:03d}.{extension}")
+    with open(path + ".partial", "wb") as file:
+        file.write(preview.data)
+    os.replace(path + ".partial", path)
+    return path
 
 
 class ChecksumError(Exception):
@@ -70,6 +89,16 @@ class Client:
 
     def submit(self, prompt, deadline_seconds=None, **fields):
         """Queues a job; fields are SubmitJobRequest fields (sampler/priority/output_format may be names)."""
+        return self._stub.SubmitJob(self._request(prompt, deadline_seconds, fields), timeout=self._timeout,
+                                    metadata=self._metadata)
+
+    def generate(self, prompt, deadline_seconds=None, timeout=None, **fields):
+        """Submits and watches in one call (Generate): yields every JobEvent of the new job from its first
+        (queued) on, so no early step or preview is missed; the job's id is in every event's `job`."""
+        yield from self._stub.Generate(self._request(prompt, deadline_seconds, fields), timeout=timeout,
+                                       metadata=self._metadata)
+
+    def _request(self, prompt, deadline_seconds, fields):
         request = api.SubmitJobRequest(prompt=prompt)
         for name, value in fields.items():
             if value is None:
@@ -78,14 +107,23 @@ class Client:
         if deadline_seconds:
             request.deadline.CopyFrom(duration_pb2.Duration(seconds=int(deadline_seconds),
                                                             nanos=int((deadline_seconds % 1) * 1e9)))
-        return self._stub.SubmitJob(request, timeout=self._timeout, metadata=self._metadata)
+        return request
 
     def get(self, job_id):
         return self._stub.GetJob(api.GetJobRequest(id=job_id), timeout=self._timeout, metadata=self._metadata)
 
-    def watch(self, job_id, timeout=None):
-        """Yields the job's JobEvents until it finishes (the stream ends after the terminal event)."""
-        yield from self._stub.WatchJob(api.WatchJobRequest(id=job_id), timeout=timeout, metadata=self._metadata)
+    def watch(self, job_id, timeout=None, previews=True):
+        """Yields the job's JobEvents until it finishes (the stream ends after the terminal event).
+
+        A job submitted with `preview_every` also sends `preview` events (event.WhichOneof("kind") ==
+        "preview": step, total_steps, frame_count, media_type, data, width, height, columns, rows,
+        frame_indices) while it runs; previews=False leaves them out. A slow reader loses previews, never
+        other events (the server keeps at most one preview waiting per stream).
+        """
+        for event in self._stub.WatchJob(api.WatchJobRequest(id=job_id), timeout=timeout, metadata=self._metadata):
+            if not previews and event.WhichOneof("kind") == "preview":
+                continue
+            yield event
 
     def cancel(self, job_id):
         return self._stub.CancelJob(api.CancelJobRequest(id=job_id), timeout=self._timeout,
