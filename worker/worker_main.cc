@@ -104,17 +104,6 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsCredentialsFromFlag
 
 int WorkerMain() {
   WorkerMetrics metrics;
-  std::unique_ptr<MetricsEndpoint> endpoint;
-  if (const int port = absl::GetFlag(FLAGS_metrics_port); port >= 0) {
-    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> started =
-        MetricsEndpoint::Start(absl::StrCat(absl::GetFlag(FLAGS_metrics_host), ":", port));
-    if (!started.ok()) {
-      std::fprintf(stderr, "zoetrope-worker: %s\n", std::string(started.status().message()).c_str());
-      return 1;
-    }
-    endpoint = std::move(*started);
-    endpoint->Register(metrics.registry());
-  }
 
   PipelineOptions pipeline;
   pipeline.model_path = absl::GetFlag(FLAGS_model);
@@ -145,6 +134,19 @@ int WorkerMain() {
   if (!runner.ok()) {
     std::fprintf(stderr, "zoetrope-worker: %s\n", std::string(runner.status().message()).c_str());
     return 1;
+  }
+  // /metrics answers only once the model is loaded: Kubernetes' readiness and startup probes read it, so
+  // a pod is ready exactly when it can take a job (deploy/kubernetes/base/worker.yaml).
+  std::unique_ptr<MetricsEndpoint> endpoint;
+  if (const int port = absl::GetFlag(FLAGS_metrics_port); port >= 0) {
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> started =
+        MetricsEndpoint::Start(absl::StrCat(absl::GetFlag(FLAGS_metrics_host), ":", port));
+    if (!started.ok()) {
+      std::fprintf(stderr, "zoetrope-worker: %s\n", std::string(started.status().message()).c_str());
+      return 1;
+    }
+    endpoint = std::move(*started);
+    endpoint->Register(metrics.registry());
   }
   const RunnerCapabilities capabilities = (*runner)->capabilities();
   metrics.ModelLoaded(capabilities.models.front(), (*runner)->load_seconds());
