@@ -85,6 +85,12 @@ CollectiveStream::~CollectiveStream() {
 }
 
 absl::Status CollectiveStream::Begin(Backend& backend) {
+  // The events order the communication stream against the backend's own stream, which only the CUDA
+  // backend itself has (a wrapper such as a profiler has none).
+  if (!IsCudaBackend(backend)) {
+    return absl::InvalidArgumentError(absl::StrCat("a CUDA communicator needs the CUDA backend itself, got ",
+                                                   backend.name()));
+  }
   if (backend.device() != Device::Cuda(device_)) {
     return absl::InvalidArgumentError(
         absl::StrCat("a communicator of cuda:", device_, " was called with the backend of ", backend.name()));

@@ -969,6 +969,8 @@ CudaBackend& AsCudaBackend(Backend& backend, const char* caller) {
 }
 }  // namespace
 
+bool IsCudaBackend(Backend& backend) { return dynamic_cast<CudaBackend*>(&backend) != nullptr; }
+
 CUstream_st* CudaBackendStream(Backend& backend) { return AsCudaBackend(backend, "CudaBackendStream").stream(); }
 
 bool CudaBackendRecordStreamUse(Backend& backend, const Tensor& tensor, CUstream_st* stream) {

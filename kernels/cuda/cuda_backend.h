@@ -55,6 +55,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
 // Allocator statistics of a backend made by CreateCudaBackend (ZCHECK otherwise).
 CudaMemoryStats CudaBackendMemoryStats(Backend& backend);
 
+// Whether `backend` was made by CreateCudaBackend (not a wrapper around one, nor another backend).
+bool IsCudaBackend(Backend& backend);
+
 // The stream every operation of `backend` (made by CreateCudaBackend) is enqueued on; for code that
 // orders its own streams against the backend's with events (the communicators).
 CUstream_st* CudaBackendStream(Backend& backend);
