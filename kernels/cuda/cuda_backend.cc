@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/attention_kernel.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cudnn_conv.h"
 #include "kernels/cuda/cuda_ops.cuh"
 
 namespace zoetrope {
@@ -157,6 +158,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     DeviceScope scope(device_index_);
     cudaStreamSynchronize(stream_);
+    cudnn_.reset();  // its handle enqueues on stream_, destroyed below
     for (auto& [shape, plan] : plans_) {
       if (plan.operation != nullptr) cublasLtMatmulDescDestroy(plan.operation);
       if (plan.a != nullptr) cublasLtMatrixLayoutDestroy(plan.a);
@@ -169,6 +171,8 @@ class CudaBackend final : public Backend {
   }
 
   CudaMemoryStats memory_stats() const { return allocator_->stats(); }
+  // Conv3d through cuDNN from now on (CudaBackendOptions::conv_algorithm = "cudnn").
+  void UseCudnnConvolutions(std::unique_ptr<cuda::CudnnConv3d> cudnn) { cudnn_ = std::move(cudnn); }
   cudaStream_t stream() const { return stream_; }
   bool RecordStreamUse(const Tensor& tensor, cudaStream_t stream) {
     if (!tensor.defined() || tensor.device() != device()) return false;
@@ -497,6 +501,30 @@ class CudaBackend final : public Backend {
       CheckOnDevice(*bias, "Conv3d");
     }
     Tensor y = New({out_frames, out_channels, geometry.out_height, geometry.out_width}, DType::kF32);
+    if (cudnn_ != nullptr) {
+      cuda::CudnnConvShape shape;
+      shape.frames = out_frames;
+      shape.in_frames = geometry.frames;
+      shape.in_channels = geometry.in_channels;
+      shape.height = geometry.height;
+      shape.width = geometry.width;
+      shape.out_channels = out_channels;
+      shape.kernel_t = geometry.kernel_t;
+      shape.kernel_h = geometry.kernel_h;
+      shape.kernel_w = geometry.kernel_w;
+      shape.pad_front = pad_front;
+      shape.pad_height = pad_height;
+      shape.pad_width = pad_width;
+      Tensor tap_weight = New({cuda::CudnnConv3d::weight_tap_bytes(shape) / 4}, DType::kF32);
+      Tensor workspace = New({cuda::CudnnConv3d::workspace_limit() / 4}, DType::kF32);
+      cudnn_->Run(shape, x.data<float>(), weight.data<float>(), tap_weight.data<float>(), workspace.raw_data(),
+                  y.data<float>());
+      if (bias != nullptr) {
+        cuda::LaunchAddChannelBias(y.data<float>(), bias->data<float>(), out_frames, out_channels, geometry.out_height * geometry.out_width,
+                                   stream_);
+      }
+      return y;
+    }
     const int64_t reduction = geometry.in_channels * geometry.kernel_t * geometry.kernel_h * geometry.kernel_w;
     const int64_t out_plane = geometry.out_height * geometry.out_width;
     const int64_t row_bytes = reduction * geometry.out_width *
@@ -876,6 +904,7 @@ class CudaBackend final : public Backend {
   cublasLtHandle_t cublas_;
   const cuda::AttentionImplementation attention_implementation_;
   const ConvPrecision conv_precision_;
+  std::unique_ptr<cuda::CudnnConv3d> cudnn_;  // set when conv_algorithm is cudnn
   const LinearBias linear_bias_;
   std::shared_ptr<CudaAllocator> allocator_;
   std::shared_ptr<Storage> workspace_;
@@ -904,6 +933,9 @@ CudaBackendOptions CudaBackendOptionsFromEnvironment() {
   if (const char* value = std::getenv("ZOETROPE_CONV_PRECISION"); value != nullptr && *value != '\0') {
     options.conv_precision = value;
   }
+  if (const char* value = std::getenv("ZOETROPE_CONV_ALGORITHM"); value != nullptr && *value != '\0') {
+    options.conv_algorithm = value;
+  }
   return options;
 }
 
@@ -918,6 +950,19 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_index, con
   if (!linear_bias.ok()) return linear_bias.status();
   absl::StatusOr<ConvPrecision> conv_precision = ParseConvPrecision(options.conv_precision);
   if (!conv_precision.ok()) return conv_precision.status();
+  if (options.conv_algorithm != "im2col" && options.conv_algorithm != "cudnn") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "conv_algorithm (ZOETROPE_CONV_ALGORITHM) must be im2col or cudnn, got '", options.conv_algorithm, "'"));
+  }
+  const bool cudnn_conv = options.conv_algorithm == "cudnn";
+  if (cudnn_conv && *conv_precision == ConvPrecision::kBf16) {
+    return absl::InvalidArgumentError(
+        "conv_algorithm cudnn runs tf32 or fp32 (ZOETROPE_CONV_PRECISION), not bf16: cuDNN's bf16 convolutions "
+        "write bf16 outputs, and the VAE's activations stay F32");
+  }
+  if (cudnn_conv && !cuda::BuiltWithCudnn()) {
+    return absl::InvalidArgumentError("conv_algorithm cudnn: this build has no cuDNN");
+  }
   const int count = CudaDeviceCount();
   if (device_index < 0 || device_index >= count) {
     return absl::NotFoundError(absl::StrCat("CUDA device ", device_index, " does not exist (", count,
@@ -951,6 +996,15 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_index, con
   }
   auto backend = std::make_unique<CudaBackend>(device_index, stream, cublas, attention_implementation, *linear_bias,
                                               *conv_precision);
+  if (cudnn_conv) {
+    absl::StatusOr<std::unique_ptr<cuda::CudnnConv3d>> cudnn =
+        cuda::CudnnConv3d::Create(stream, *conv_precision == ConvPrecision::kTf32);
+    if (!cudnn.ok()) {
+      cudaSetDevice(previous);
+      return cudnn.status();
+    }
+    backend->UseCudnnConvolutions(*std::move(cudnn));
+  }
   cudaSetDevice(previous);
   return backend;
 }

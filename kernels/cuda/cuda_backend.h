@@ -40,10 +40,14 @@ struct CudaBackendOptions {
   // bf16 autocast runs the VAE), "tf32" (F32 operands on TF32 tensor cores, PyTorch's cuDNN default)
   // or "fp32" (a true fp32 product; the accuracy reference the VAE benchmark compares against).
   std::string conv_precision = "bf16";
+  // How Conv3d runs: "im2col" (default: im2col columns, then a cuBLASLt product, at any conv_precision) or
+  // "cudnn" (cuDNN's implicit-GEMM 2D convolutions, one per temporal tap, accumulated; tf32 or fp32 only).
+  // The default changes only once scripts/device/bench-vae.sh has measured both.
+  std::string conv_algorithm = "im2col";
 };
 
-// The options from the environment: ZOETROPE_ATTENTION_KERNEL, ZOETROPE_LINEAR_BIAS and
-// ZOETROPE_CONV_PRECISION (unset: defaults).
+// The options from the environment: ZOETROPE_ATTENTION_KERNEL, ZOETROPE_LINEAR_BIAS,
+// ZOETROPE_CONV_PRECISION and ZOETROPE_CONV_ALGORITHM (unset: defaults).
 CudaBackendOptions CudaBackendOptionsFromEnvironment();
 
 // A backend on device `device_index`. Errors: INVALID_ARGUMENT naming an unknown option value,

@@ -4,7 +4,8 @@
 #   1. the GPU tests of the VAE operators (Conv3d at every precision vs fp64, the tiled width-384
 #      attention over 65,536 keys vs fp64), in required mode; fails when fewer than 3 ran or any failed;
 #   2. zoetrope-vae-bench with ZOETROPE_CONV_PRECISION=fp32 (the accuracy reference, 1 timed run),
-#      tf32 and bf16 (the default; ≥ 3 timed runs each, after a warm-up);
+#      tf32 and bf16 (the default; ≥ 3 timed runs each, after a warm-up), and tf32 through cuDNN's
+#      convolutions (ZOETROPE_CONV_ALGORITHM=cudnn, one per temporal tap; ≥ 3 timed runs);
 #   3. the PyTorch baseline (bench/vae_baseline.py: tests/reference modules on cuDNN) in bf16 and in
 #      fp32 with TF32 convolutions (PyTorch's default), same weights and latent, ≥ 3 timed runs each;
 #   4. PSNR over the [-1, 1] frames of each decode against our fp32 decode (bench/vae_baseline.py psnr):
@@ -34,16 +35,21 @@ echo "gpu tests: exit $test_status, $ran passed (expected 4)"
 (( test_status == 0 && ran >= 4 )) || failures=$((failures + 1))
 
 # 2. Ours at each Conv3d precision.
-bench() {  # PRECISION WARMUP ITERATIONS
-  ZOETROPE_CONV_PRECISION=$1 "$carry/bin/zoetrope-vae-bench" --device cuda --latent $latent --workdir "$work" \
-    --warmup "$2" --iterations "$3" --save "$work/ours_$1.safetensors" >"$logs/vae_ours_$1.json" 2>"$logs/vae_ours_$1.log"
+bench() {  # PRECISION WARMUP ITERATIONS [ALGORITHM (im2col, the default, or cudnn)]
+  local algorithm=${4:-im2col} name=$1
+  [[ $algorithm == im2col ]] || name=${algorithm}_$1
+  ZOETROPE_CONV_PRECISION=$1 ZOETROPE_CONV_ALGORITHM=$algorithm "$carry/bin/zoetrope-vae-bench" --device cuda \
+    --latent $latent --workdir "$work" --warmup "$2" --iterations "$3" --save "$work/ours_$name.safetensors" \
+    >"$logs/vae_ours_$name.json" 2>"$logs/vae_ours_$name.log"
   local status=$?
-  cat "$logs/vae_ours_$1.log" "$logs/vae_ours_$1.json"
-  (( status == 0 )) || { echo "zoetrope-vae-bench ($1) failed: exit $status"; failures=$((failures + 1)); }
+  cat "$logs/vae_ours_$name.log" "$logs/vae_ours_$name.json"
+  (( status == 0 )) || { echo "zoetrope-vae-bench ($name) failed: exit $status"; failures=$((failures + 1)); }
 }
 bench fp32 0 1
 bench tf32 1 "$iterations"
 bench bf16 1 "$iterations"
+# cuDNN's implicit-GEMM convolutions (ZOETROPE_CONV_ALGORITHM=cudnn), TF32 as PyTorch's default.
+bench tf32 1 "$iterations" cudnn
 
 # 3. The PyTorch baseline, same weights and latent (written by zoetrope-vae-bench into $work).
 for dtype in bf16 fp32; do
@@ -53,7 +59,7 @@ for dtype in bf16 fp32; do
 done
 
 # 4. PSNR against our fp32 decode, and the result file.
-for test in ours_bf16 ours_tf32 pytorch_bf16 pytorch_fp32; do
+for test in ours_bf16 ours_tf32 ours_cudnn_tf32 pytorch_bf16 pytorch_fp32; do
   python3 bench/vae_baseline.py psnr --reference "$work/ours_fp32.safetensors" --test "$work/$test.safetensors" \
     >"$logs/psnr_$test.json" || echo '{"error": "psnr failed"}' >"$logs/psnr_$test.json"
   echo "PSNR $test vs ours fp32: $(cat "$logs/psnr_$test.json")"
@@ -69,8 +75,9 @@ def load(path):
             return json.load(f)
     except (OSError, ValueError):
         return None
-ours = {p: load(f"{logs}/vae_ours_{p}.json") for p in ("bf16", "tf32", "fp32")}
-psnr = {t: load(f"{logs}/psnr_{t}.json") for t in ("ours_bf16", "ours_tf32", "pytorch_bf16", "pytorch_fp32")}
+ours = {p: load(f"{logs}/vae_ours_{p}.json") for p in ("bf16", "tf32", "fp32", "cudnn_tf32")}
+psnr = {t: load(f"{logs}/psnr_{t}.json")
+        for t in ("ours_bf16", "ours_tf32", "ours_cudnn_tf32", "pytorch_bf16", "pytorch_fp32")}
 baseline = {d: load(f"{results}/vae_decode_480p_pytorch_{d}_{tag}.json") for d in ("bf16", "fp32")}
 fields = {"weights": "random F32 (zoetrope-mkweights-vae defaults, seed 0)", "chunk_frames": 1,
           "psnr_reference": "our fp32 decode (ZOETROPE_CONV_PRECISION=fp32)", "psnr": psnr}
@@ -82,6 +89,10 @@ bf16 = ours.get("bf16")
 for dtype, result in baseline.items():
     if result is not None and bf16 is not None:
         fields[f"speedup_vs_pytorch_{dtype}"] = result["median"] / write_result.summary(bf16["samples"])["median"]
+cudnn = ours.get("cudnn_tf32")
+for dtype, result in baseline.items():
+    if result is not None and cudnn is not None:
+        fields[f"cudnn_tf32_speedup_vs_pytorch_{dtype}"] = result["median"] / write_result.summary(cudnn["samples"])["median"]
 if bf16 is not None:
     fields["meets_1p5s_target"] = write_result.summary(bf16["samples"])["median"] <= 1.5
 if psnr["ours_bf16"] and isinstance(psnr["ours_bf16"].get("psnr_db"), (int, float, str)):

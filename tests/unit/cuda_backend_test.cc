@@ -328,9 +328,19 @@ TEST_F(CudaBackendTest, Conv3dPrecisionsMatchFloat64Reference) {
   const Tensor weight = Random({48, 64, 3, 3, 3}, 75, 0.05f), bias = Random({48}, 76);
   const std::vector<double> causal = NaiveConv3d(x, weight, &bias, 2, 0, 1, 1);
   const std::vector<double> asymmetric = NaiveConv3d(x, weight, nullptr, 0, 1, 0, 2);
-  for (const auto& [precision, bound] : {std::pair<const char*, double>{"fp32", 1e-5}, {"tf32", 1e-3}, {"bf16", 4e-3}}) {
+  // The im2col path at every precision, and cuDNN (one 2D convolution per temporal tap) at tf32 and fp32.
+  struct Case {
+    const char* algorithm;
+    const char* precision;
+    double bound;
+  };
+  for (const Case& test_case : {Case{"im2col", "fp32", 1e-5}, Case{"im2col", "tf32", 1e-3}, Case{"im2col", "bf16", 4e-3},
+                                Case{"cudnn", "fp32", 1e-5}, Case{"cudnn", "tf32", 1e-3}}) {
+    const std::string precision = std::string(test_case.algorithm) + " " + test_case.precision;
+    const double bound = test_case.bound;
     CudaBackendOptions options;
-    options.conv_precision = precision;
+    options.conv_precision = test_case.precision;
+    options.conv_algorithm = test_case.algorithm;
     absl::StatusOr<std::unique_ptr<Backend>> made = CreateCudaBackend(0, options);
     ASSERT_TRUE(made.ok()) << made.status();
     Backend& gpu = **made;
@@ -513,6 +523,17 @@ TEST(CudaBackendOptionsTest, UnknownValuesAreRejectedByName) {
   ASSERT_FALSE(backend.ok());
   EXPECT_EQ(backend.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(backend.status().message().find("ZOETROPE_CONV_PRECISION"), std::string::npos) << backend.status();
+  options = CudaBackendOptions();
+  options.conv_algorithm = "winograd";
+  backend = CreateCudaBackend(0, options);
+  ASSERT_FALSE(backend.ok());
+  EXPECT_EQ(backend.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(backend.status().message().find("ZOETROPE_CONV_ALGORITHM"), std::string::npos) << backend.status();
+  options = CudaBackendOptions();
+  options.conv_algorithm = "cudnn";  // with the default bf16 precision
+  backend = CreateCudaBackend(0, options);
+  ASSERT_FALSE(backend.ok());
+  EXPECT_EQ(backend.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 struct AttentionInputs {
