@@ -187,6 +187,29 @@ TEST(ParallelGeneration, ImpossibleConfigurationsAreClearErrors) {
   EXPECT_EQ(ParseGpuList("0,1,1").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseGpuList("0,x").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(*ParseGpuList(" 2, 0 "), (std::vector<int>{2, 0}));
+  // CUDA groups are checked before any device is touched (so these hold without a GPU, in any build):
+  // one GPU per rank unless --loopback, which takes at most one GPU.
+  request = DeviceRequest();
+  request.device = "cuda";
+  request.sequence_parallel = 2;
+  request.cfg_parallel = true;
+  request.gpus = {0, 1};
+  status = CreatePipelineDevices(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("need 4 GPUs"), std::string::npos) << status;
+  request.gpus.clear();
+  status = CreatePipelineDevices(request).status();
+  EXPECT_NE(status.message().find("--loopback"), std::string::npos) << status;
+  request.loopback = true;
+  request.gpus = {0, 1};
+  status = CreatePipelineDevices(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("at most one GPU"), std::string::npos) << status;
+  request.gpus.clear();
+  request.device = "cuda:x";
+  status = CreatePipelineDevices(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("cuda:N"), std::string::npos) << status;
   // A group whose backends do not match its degrees.
   request = DeviceRequest();
   absl::StatusOr<PipelineDevices> one = CreatePipelineDevices(request);
