@@ -156,4 +156,12 @@ std::vector<Post> Rendezvous::Exchange(int rank, Post post) {
   return snapshot_;
 }
 
+absl::Status Rendezvous::Barrier(int rank) {
+  Post post;
+  post.operation = Operation::kBarrier;
+  absl::Status status = Check(Exchange(rank, std::move(post)));
+  Exchange(rank, Post{});
+  return status;
+}
+
 }  // namespace zoetrope::collective

@@ -63,6 +63,10 @@ class Rendezvous {
   // Stores `post` as rank `rank`'s, waits until every rank has arrived in this round and returns a copy of
   // all posts of the round.
   std::vector<Post> Exchange(int rank, Post post);
+  // The group's barrier collective: a checked rendezvous (every rank must call Barrier at this point, or
+  // every rank gets the mismatch error) and a second one, like every collective, so that the group stays
+  // in step for the calls after a mismatch.
+  absl::Status Barrier(int rank);
 
  private:
   const int size_;

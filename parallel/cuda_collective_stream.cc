@@ -14,17 +14,6 @@ absl::Status CudaStatus(cudaError_t error, const char* what) {
   return absl::InternalError(message);
 }
 
-CudaDeviceScope::CudaDeviceScope(int device) {
-  int current = -1;
-  if (cudaGetDevice(&current) == cudaSuccess && current != device && cudaSetDevice(device) == cudaSuccess) {
-    previous_ = current;
-  }
-}
-
-CudaDeviceScope::~CudaDeviceScope() {
-  if (previous_ >= 0) cudaSetDevice(previous_);
-}
-
 namespace {
 
 // Makes the compute stream wait for the communication stream's event, once, then frees the event (legal

@@ -21,24 +21,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cuda/cuda_device_scope.h"
 #include "parallel/communicator.h"
 
 namespace zoetrope {
 
 // Internal (or Unavailable for a lost device) naming `what` when `error` is not cudaSuccess.
 absl::Status CudaStatus(cudaError_t error, const char* what);
-
-// Switches the calling thread to `device` for a scope (rank threads may start on any device).
-class CudaDeviceScope {
- public:
-  explicit CudaDeviceScope(int device);
-  ~CudaDeviceScope();
-  CudaDeviceScope(const CudaDeviceScope&) = delete;
-  CudaDeviceScope& operator=(const CudaDeviceScope&) = delete;
-
- private:
-  int previous_ = -1;
-};
 
 class CollectiveStream {
  public:

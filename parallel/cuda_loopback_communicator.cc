@@ -204,13 +204,6 @@ absl::Status CudaLoopbackCommunicator::Broadcast(Backend& backend, const Tensor&
                  backend);
 }
 
-absl::Status CudaLoopbackCommunicator::Barrier() {
-  Post post;
-  post.operation = Operation::kBarrier;
-  absl::Status status = collective::Check(group_->rendezvous.Exchange(rank_, std::move(post)));
-  // Two rendezvous like every other collective, so a mismatch leaves the group in step.
-  group_->rendezvous.Exchange(rank_, Post{});
-  return status;
-}
+absl::Status CudaLoopbackCommunicator::Barrier() { return group_->rendezvous.Barrier(rank_); }
 
 }  // namespace zoetrope

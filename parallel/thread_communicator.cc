@@ -106,14 +106,6 @@ absl::Status ThreadCommunicator::Broadcast(Backend& backend, const Tensor& buffe
   return status;
 }
 
-absl::Status ThreadCommunicator::Barrier() {
-  Post post;
-  post.operation = Operation::kBarrier;
-  absl::Status status = collective::Check(group_->rendezvous.Exchange(rank_, std::move(post)));
-  // Every collective is exactly two rendezvous, so that a rank calling another collective than its peers
-  // (an error every rank reports) still leaves the group in step for the calls after it.
-  group_->rendezvous.Exchange(rank_, Post{});
-  return status;
-}
+absl::Status ThreadCommunicator::Barrier() { return group_->rendezvous.Barrier(rank_); }
 
 }  // namespace zoetrope

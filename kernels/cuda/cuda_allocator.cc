@@ -4,6 +4,7 @@
 #include <bit>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_device_scope.h"
 
 namespace zoetrope {
 
@@ -46,9 +47,7 @@ std::shared_ptr<Storage> CudaAllocator::Allocate(size_t bytes) {
     }
   }
   if (pointer == nullptr) {
-    int previous_device = 0;
-    ZCUDA_CHECK(cudaGetDevice(&previous_device));
-    if (previous_device != device_index_) ZCUDA_CHECK(cudaSetDevice(device_index_));
+    CudaDeviceScope scope(device_index_);
     cudaError_t error = cudaMalloc(&pointer, size_class);
     if (error == cudaErrorMemoryAllocation) {
       // Out of memory: give the cache back to the driver and try once more.
@@ -58,7 +57,6 @@ std::shared_ptr<Storage> CudaAllocator::Allocate(size_t bytes) {
     }
     ZCHECK_MSG(error == cudaSuccess, "cudaMalloc of " << size_class << " bytes on cuda:" << device_index_ << ": "
                                                       << cudaGetErrorString(error));
-    if (previous_device != device_index_) ZCUDA_CHECK(cudaSetDevice(previous_device));
     std::lock_guard<std::mutex> lock(mutex_);
     ++stats_.device_allocations;
     stats_.bytes_reserved += size_class;
@@ -106,16 +104,13 @@ void CudaAllocator::Free(void* pointer) {
     return;
   }
   // Events must be recorded on their stream's device; a tensor may die on any thread.
-  int previous_device = 0;
-  ZCUDA_CHECK(cudaGetDevice(&previous_device));
-  if (previous_device != device_index_) ZCUDA_CHECK(cudaSetDevice(device_index_));
+  CudaDeviceScope scope(device_index_);
   PendingBlock pending{pointer, block.size_class, {}};
   for (cudaStream_t stream : block.other_streams) {
     cudaEvent_t event = TakeEventLocked();
     ZCUDA_CHECK(cudaEventRecord(event, stream));
     pending.events.push_back(event);
   }
-  if (previous_device != device_index_) ZCUDA_CHECK(cudaSetDevice(previous_device));
   pending_.push_back(std::move(pending));
   ++stats_.deferred_frees;
   stats_.bytes_pending += block.size_class;

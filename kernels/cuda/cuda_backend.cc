@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/attention_kernel.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_device_scope.h"
 #include "kernels/cuda/cudnn_conv.h"
 #include "kernels/cuda/cuda_ops.cuh"
 
@@ -98,22 +99,6 @@ bool HasBias(cublasLtEpilogue_t epilogue) {
          epilogue == CUBLASLT_EPILOGUE_RELU_BIAS;
 }
 
-// Sets the current device for the scope of one backend call.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    ZCUDA_CHECK(cudaGetDevice(&previous_));
-    if (previous_ != device) ZCUDA_CHECK(cudaSetDevice(device));
-    restore_ = previous_ != device;
-  }
-  ~DeviceScope() {
-    if (restore_) cudaSetDevice(previous_);
-  }
-
- private:
-  int previous_ = 0;
-  bool restore_ = false;
-};
 
 enum class LinearBias { kCompute, kF32, kSeparate };
 
@@ -156,7 +141,7 @@ class CudaBackend final : public Backend {
   }
 
   ~CudaBackend() override {
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     cudaStreamSynchronize(stream_);
     cudnn_.reset();  // its handle enqueues on stream_, destroyed below
     for (auto& [shape, plan] : plans_) {
@@ -185,13 +170,13 @@ class CudaBackend final : public Backend {
 
   // ---- memory ----
   Tensor Empty(const Shape& shape, DType dtype) override {
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     return New(shape, dtype);
   }
 
   Tensor Upload(const Tensor& host_tensor, DType dtype) override {
     ZCHECK_MSG(host_tensor.device().is_cpu(), "Upload needs a host tensor, got " << host_tensor.DebugString());
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     if (host_tensor.dtype() == dtype) {
       Tensor out = New(host_tensor.shape(), dtype);
       CopyHostToDevice(out.raw_data(), host_tensor.raw_data(), host_tensor.nbytes());
@@ -207,7 +192,7 @@ class CudaBackend final : public Backend {
 
   Tensor ToHost(const Tensor& tensor) override {
     ZCHECK_MSG(tensor.device() == device(), "ToHost of " << tensor.DebugString() << " on " << name());
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     Tensor host = Tensor::Host(tensor.shape(), tensor.dtype());
     if (tensor.nbytes() > 0) {
       ZCUDA_CHECK(cudaMemcpyAsync(host.raw_data(), tensor.raw_data(), tensor.nbytes(), cudaMemcpyDeviceToHost, stream_));
@@ -218,7 +203,7 @@ class CudaBackend final : public Backend {
 
   Tensor Cast(const Tensor& tensor, DType dtype) override {
     CheckOnDevice(tensor, "Cast");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     return CastOnDevice(tensor, dtype);
   }
 
@@ -227,7 +212,7 @@ class CudaBackend final : public Backend {
                "CopyInto " << source.DebugString() << " -> " << destination.DebugString());
     CheckOnDevice(destination, "CopyInto");
     CheckOnDevice(source, "CopyInto");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     if (destination.dtype() == source.dtype()) {
       if (source.nbytes() > 0) {
         ZCUDA_CHECK(cudaMemcpyAsync(destination.raw_data(), source.raw_data(), source.nbytes(),
@@ -240,7 +225,7 @@ class CudaBackend final : public Backend {
   }
 
   void Synchronize() override {
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     ZCUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -250,7 +235,7 @@ class CudaBackend final : public Backend {
                "Linear x " << x.DebugString() << " weight " << weight.DebugString());
     CheckOnDevice(x, "Linear");
     CheckOnDevice(weight, "Linear");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     const int64_t inputs = weight.dim(1), outputs = weight.dim(0);
     const int64_t rows = x.numel() / std::max<int64_t>(inputs, 1);
     const DType dtype = weight.dtype();
@@ -317,7 +302,7 @@ class CudaBackend final : public Backend {
 
   Tensor Activate(const Tensor& x, Activation activation) override {
     CheckOnDevice(x, "Activate");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     Tensor y = New(x.shape(), x.dtype());
     cuda::LaunchActivate(x.raw_data(), y.raw_data(), ElementTypeOf(x.dtype()), x.numel(), ActivationCodeOf(activation),
                          stream_);
@@ -327,7 +312,7 @@ class CudaBackend final : public Backend {
   Tensor Combine(const std::vector<Term>& terms) override {
     ZCHECK(!terms.empty());
     const Shape& shape = terms[0].tensor->shape();
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     Tensor result = New(shape, DType::kF32);
     std::vector<cuda::CombineTerm> kernel_terms;
     for (const Term& term : terms) {
@@ -350,7 +335,7 @@ class CudaBackend final : public Backend {
                "AddGated x " << x.DebugString() << " y " << y.DebugString());
     CheckOnDevice(x, "AddGated");
     CheckOnDevice(y, "AddGated");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     const int64_t width = x.dim(-1);
     const int64_t rows = width == 0 ? 0 : x.numel() / width;
     Tensor gate32;
@@ -366,7 +351,7 @@ class CudaBackend final : public Backend {
   // ---- normalisation ----
   Tensor LayerNorm(const Tensor& x, const NormParams& params, DType out_dtype) override {
     CheckOnDevice(x, "LayerNorm");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     const int64_t width = x.dim(-1);
     const int64_t rows = width == 0 ? 0 : x.numel() / width;
     Tensor weight = OptionalF32(params.weight, width, "LayerNorm weight");
@@ -382,7 +367,7 @@ class CudaBackend final : public Backend {
 
   Tensor RmsNorm(const Tensor& x, const Tensor& weight, float epsilon) override {
     CheckOnDevice(x, "RmsNorm");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     const int64_t width = x.dim(-1);
     const int64_t rows = width == 0 ? 0 : x.numel() / width;
     Tensor weight32 = OptionalF32(weight, width, "RmsNorm weight");
@@ -403,7 +388,7 @@ class CudaBackend final : public Backend {
     CheckOnDevice(x, "ApplyRope");
     CheckOnDevice(cos, "ApplyRope");
     CheckOnDevice(sin, "ApplyRope");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     cuda::LaunchRope(x.raw_data(), ElementTypeOf(x.dtype()), tokens, heads, head_dim, cos.data<float>(),
                      sin.data<float>(), stream_);
   }
@@ -422,7 +407,7 @@ class CudaBackend final : public Backend {
     CheckOnDevice(q, "Attention");
     CheckOnDevice(k, "Attention");
     CheckOnDevice(v, "Attention");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     const Tensor q16 = q.dtype() == DType::kBF16 ? q : CastOnDevice(q, DType::kBF16);
     const Tensor k16 = k.dtype() == DType::kBF16 ? k : CastOnDevice(k, DType::kBF16);
     const Tensor v16 = v.dtype() == DType::kBF16 ? v : CastOnDevice(v, DType::kBF16);
@@ -478,7 +463,7 @@ class CudaBackend final : public Backend {
                "Conv3d padding " << pad_front << "/" << pad_back << "/" << pad_height << "/" << pad_width);
     CheckOnDevice(x, "Conv3d");
     CheckOnDevice(weight, "Conv3d");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     cuda::ConvGeometry geometry;
     geometry.frames = x.dim(0);
     geometry.in_channels = x.dim(1);
@@ -573,7 +558,7 @@ class CudaBackend final : public Backend {
                "ChannelRmsNorm x " << x.DebugString() << " gamma " << gamma.DebugString());
     CheckOnDevice(x, "ChannelRmsNorm");
     CheckOnDevice(gamma, "ChannelRmsNorm");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     const int64_t frames = x.dim(0), channels = x.dim(1);
     const int64_t positions = frames == 0 || channels == 0 ? 0 : x.numel() / (frames * channels);
     Tensor y = New(x.shape(), DType::kF32);
@@ -585,7 +570,7 @@ class CudaBackend final : public Backend {
   Tensor UpsampleNearest2x(const Tensor& x) override {
     ZCHECK_MSG(x.rank() == 4 && x.dtype() == DType::kF32, "UpsampleNearest2x x " << x.DebugString());
     CheckOnDevice(x, "UpsampleNearest2x");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     Tensor y = New({x.dim(0), x.dim(1), 2 * x.dim(2), 2 * x.dim(3)}, DType::kF32);
     cuda::LaunchUpsampleNearest2x(x.data<float>(), y.data<float>(), x.dim(0) * x.dim(1), x.dim(2), x.dim(3), stream_);
     return y;
@@ -596,7 +581,7 @@ class CudaBackend final : public Backend {
                "SwapAxes " << x.DebugString() << " as [" << batch << ", " << rows << ", " << columns << ", " << inner
                            << "]");
     CheckOnDevice(x, "SwapAxes");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     Tensor y = New({batch, columns, rows, inner}, x.dtype());
     cuda::LaunchSwapAxes(x.raw_data(), y.raw_data(), static_cast<int>(DTypeSize(x.dtype())), batch, rows, columns,
                          inner, stream_);
@@ -606,7 +591,7 @@ class CudaBackend final : public Backend {
   Tensor Clamp(const Tensor& x, float minimum, float maximum) override {
     ZCHECK_MSG(x.dtype() == DType::kF32, "Clamp x " << x.DebugString());
     CheckOnDevice(x, "Clamp");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     Tensor y = New(x.shape(), DType::kF32);
     cuda::LaunchClamp(x.data<float>(), y.data<float>(), x.numel(), minimum, maximum, stream_);
     return y;
@@ -618,7 +603,7 @@ class CudaBackend final : public Backend {
                "GatherRows table " << table.DebugString() << " ids " << ids.DebugString());
     CheckOnDevice(table, "GatherRows");
     CheckOnDevice(ids, "GatherRows");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     Tensor out = New({ids.dim(0), table.dim(1)}, out_dtype);
     cuda::LaunchGatherRows(table.raw_data(), ElementTypeOf(table.dtype()), ids.data<int32_t>(), out.raw_data(),
                            ElementTypeOf(out_dtype), ids.dim(0), table.dim(1), stream_);
@@ -636,7 +621,7 @@ class CudaBackend final : public Backend {
     CheckOnDevice(k, "AttentionWithBias");
     CheckOnDevice(v, "AttentionWithBias");
     CheckOnDevice(bias, "AttentionWithBias");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     Tensor out = New(q.shape(), q.dtype());
     cuda::LaunchAttentionWithBias(q.raw_data(), k.raw_data(), v.raw_data(), bias.data<float>(), out.raw_data(),
                                   ElementTypeOf(q.dtype()), q.dim(0), k.dim(0), q.dim(1), q.dim(2), scale, stream_);
@@ -647,7 +632,7 @@ class CudaBackend final : public Backend {
     ZCHECK_MSG(a.shape() == b.shape(), "Multiply " << a.DebugString() << " by " << b.DebugString());
     CheckOnDevice(a, "Multiply");
     CheckOnDevice(b, "Multiply");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     Tensor out = New(a.shape(), a.dtype());
     cuda::LaunchMultiply(a.raw_data(), ElementTypeOf(a.dtype()), b.raw_data(), ElementTypeOf(b.dtype()),
                          out.raw_data(), a.numel(), stream_);
@@ -660,7 +645,7 @@ class CudaBackend final : public Backend {
     const int64_t channels = latent.dim(0), frames = latent.dim(1), height = latent.dim(2), width = latent.dim(3);
     ZCHECK(frames % patch_t == 0 && height % patch_h == 0 && width % patch_w == 0);
     CheckOnDevice(latent, "Patchify");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     const int64_t tokens = (frames / patch_t) * (height / patch_h) * (width / patch_w);
     Tensor out = New({tokens, channels * patch_t * patch_h * patch_w}, DType::kF32);
     cuda::LaunchPatchify(latent.raw_data(), ElementTypeOf(latent.dtype()), out.data<float>(), channels, frames, height,
@@ -674,7 +659,7 @@ class CudaBackend final : public Backend {
     ZCHECK_MSG(tokens.rank() == 2 && tokens.dim(0) == int64_t{grid_f} * grid_h * grid_w && tokens.dim(1) == columns,
                "Unpatchify " << tokens.DebugString());
     CheckOnDevice(tokens, "Unpatchify");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     Tensor latent = New({channels, int64_t{grid_f} * patch_t, int64_t{grid_h} * patch_h, int64_t{grid_w} * patch_w},
                         DType::kF32);
     cuda::LaunchUnpatchify(tokens.raw_data(), ElementTypeOf(tokens.dtype()), latent.data<float>(), channels, grid_f,
@@ -690,7 +675,7 @@ class CudaBackend final : public Backend {
     CheckOnDevice(q, "Attention");
     CheckOnDevice(k, "Attention");
     CheckOnDevice(v, "Attention");
-    DeviceScope scope(device_index_);
+    CudaDeviceScope scope(device_index_);
     const Tensor q32 = q.dtype() == DType::kF32 ? q : CastOnDevice(q, DType::kF32);
     const Tensor k32 = k.dtype() == DType::kF32 ? k : CastOnDevice(k, DType::kF32);
     const Tensor v32 = v.dtype() == DType::kF32 ? v : CastOnDevice(v, DType::kF32);
